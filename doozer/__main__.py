@@ -1,0 +1,5 @@
+import sys
+
+from doozer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""The `doozer` command line: `serve`, the client commands, `bench`, `version`.
+
+Each subcommand lives in the module that owns it; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from doozer import version
+
+    p = argparse.ArgumentParser(prog="doozer", description="doozer coordination store")
+    p.add_argument("--version", action="version", version=version.describe())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    from doozer import serve
+
+    serve.add_parser(sub)
+
+    try:
+        from doozer import commands
+    except ImportError:
+        commands = None
+    if commands is not None:
+        commands.add_parsers(sub)
+
+    try:
+        from doozer import bench
+    except ImportError:
+        bench = None
+    if bench is not None:
+        bench.add_parser(sub)
+
+    v = sub.add_parser("version", help="print version, commit, Python and platform")
+    v.set_defaults(func=lambda args: print(version.describe()) or 0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # `doozer bench --procs` in the frozen binary
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,594 @@
+"""The node: routes each verb, reads from the store, writes through the sequencer,
+and applies decided batches — the one place the store changes.
+
+The node knows nothing of sockets: it answers through a `Call` (see
+`doozer.server`), which carries the request's tag back to its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from doozer import errors
+from doozer.errors import DoozerError
+from doozer.mutation import DEL, NOP, SET, Mutation
+from doozer.protocol import Request, encode_value
+from doozer.sequencer import Proposal, Sequencer
+from doozer.store import Applied, Event, Store
+from doozer.watch import Subscription, WatchRegistry
+
+DEFAULT_TIMEOUT = 10.0
+ORIGINS_KEPT = 4096  # incarnations remembered for de-duplication
+
+
+class Call(Protocol):
+    """One request's way back to its client."""
+
+    def ok(self, resp: dict) -> None: ...
+
+    def fail(self, code: str, detail: str) -> None: ...
+
+    def event(self, body: bytes, final: bool) -> bool:
+        """Send a WAIT-shaped body: the one answer of a WAIT (final) or one
+        element of a WATCH stream. False if the client is too slow to read and
+        the stream was ended."""
+
+    def set_cancel(self, cancel: Callable[[], None]) -> None: ...
+
+
+def _valid_cal_name(name: str) -> bool:
+    return name.isdigit() and name.isascii()
+
+
+class Node:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        store: Store,
+        sequencer: Sequencer,
+        addr: str = "",
+        readonly: bool = False,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self.store = store
+        self.sequencer = sequencer
+        self.readonly = readonly
+        self.default_timeout = default_timeout
+        self.incarnation = f"{node_id}.{secrets.token_hex(4)}"
+        self.watches = WatchRegistry()
+        self.closing = False
+        self._clock = clock
+        self._seq = 0
+        self._pending: dict[int, Callable[[Applied | None, str], None]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._origins: dict[str, int] = {}
+        self._rev_waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._event_hooks: list[Callable[[Event], None]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = self._loop.time
+        self.sequencer.start(self)
+        self._sweeper = self._loop.call_later(0.05, self._sweep)
+
+    def close(self, detail: str = "the node is shutting down") -> None:
+        """Fail everything still waiting; used at shutdown."""
+        self.closing = True
+        if self._sweeper:
+            self._sweeper.cancel()
+        pending, self._pending = self._pending, {}
+        for cb in pending.values():
+            cb(None, f"{detail}; the write's outcome is unknown")
+        for sub in self.watches.close_all():
+            del sub
+        self.sequencer.close()
+
+    def on_event(self, hook: Callable[[Event], None]) -> None:
+        self._event_hooks.append(hook)
+
+    def now(self) -> float:
+        assert self._clock is not None
+        return self._clock()
+
+    # -- the write path ---------------------------------------------------
+
+    def propose(
+        self, m: Mutation, done: Callable[[Applied | None, str], None], timeout: float | None
+    ) -> None:
+        """Propose a mutation; done(applied, "") once decided and applied here,
+        or done(None, why) when the outcome cannot be known in time."""
+        if self.closing:
+            done(None, "the node is shutting down")
+            return
+        why = self.sequencer.writable()
+        if why:
+            done(None, why)
+            return
+        self._seq += 1
+        seq = self._seq
+        self._pending[seq] = done
+        heapq.heappush(
+            self._deadlines,
+            (self.now() + (self.default_timeout if timeout is None else timeout), seq),
+        )
+        self.sequencer.propose(Proposal(self.incarnation, seq, m))
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        now = self.now()
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, seq = heapq.heappop(dl)
+            cb = self._pending.pop(seq, None)
+            if cb is not None:
+                cb(None, "no quorum decided the write in time; its outcome is unknown")
+        if len(dl) > 2 * len(self._pending) + 1024:
+            # drop entries whose writes were answered long ago
+            self._deadlines = [e for e in dl if e[1] in self._pending]
+            heapq.heapify(self._deadlines)
+        self._sweeper = self._loop.call_later(0.05, self._sweep)
+
+    def origin_applied(self, origin: str) -> int:
+        """The highest seq of `origin` applied here (0 if none)."""
+        return self._origins.get(origin, 0)
+
+    def apply_batch(self, batch: list[Proposal]) -> None:
+        """Apply one decided batch, in order. Runs identically on every node.
+
+        A proposal applies only if it is the next of its origin: duplicates
+        (retried forwards) are skipped, and one that overtook an earlier,
+        lost proposal is skipped too, to be proposed again after it, so that
+        each origin's writes apply once and in the order they were sent.
+        """
+        store = self.store
+        origins = self._origins
+        mine = self.incarnation
+        for p in batch:
+            last = origins.get(p.origin, 0)
+            if p.seq != last + 1:
+                continue
+            if last == 0:
+                origins[p.origin] = p.seq
+                if len(origins) > ORIGINS_KEPT:
+                    del origins[next(iter(origins))]
+            else:
+                origins[p.origin] = p.seq
+            m = p.m
+            if m.op != NOP and m.path.startswith("/ctl/cal/"):
+                applied = self._apply_cal(m)
+            else:
+                applied = store.apply(m)
+            ev = applied.event
+            if ev is not None:
+                self.watches.publish(ev)
+                for hook in self._event_hooks:
+                    hook(ev)
+            if p.origin == mine:
+                cb = self._pending.pop(p.seq, None)
+                if cb is not None:
+                    cb(applied, "")
+        self._wake_rev_waiters()
+
+    def _apply_cal(self, m: Mutation) -> Applied:
+        """Membership writes, checked at apply time so the check is in log order."""
+        store = self.store
+        if m.op == SET and m.value:
+            who = m.value.decode("utf-8", "replace")
+            try:
+                _, kind = store.stat(f"/ctl/node/{who}")
+            except DoozerError:
+                kind = 0
+            if kind != -2:
+                return Applied(
+                    store.rev, errors.PERMISSION, f"{who!r} is not a node of this cluster", None
+                )
+        elif self._members_after(m) == 0:
+            return Applied(
+                store.rev, errors.PERMISSION, "that would leave the cluster with no member", None
+            )
+        return store.apply(m)
+
+    def _members_after(self, m: Mutation) -> int:
+        n = 0
+        for slot, member in self.members_by_slot().items():
+            if f"/ctl/cal/{slot}" == m.path:
+                continue
+            if member:
+                n += 1
+        return n
+
+    def status(self) -> dict[str, Any]:
+        """What the web viewer and operators see of this node and its peers.
+
+        `nodes` lists every node under /ctl/node with its address, role,
+        applied rev (when known) and liveness (when known); a sequencer that
+        knows more (the cluster one) fills in `peer_status`.
+        """
+        slots = self.members_by_slot()
+        members = {v for v in slots.values() if v}
+        leader = self.sequencer.leader()
+        peer = getattr(self.sequencer, "peer_status", None)
+        known: dict[str, dict[str, Any]] = peer() if peer is not None else {}
+        nodes = []
+        try:
+            ids = self.store.getdir("/ctl/node")
+        except DoozerError:
+            ids = []
+        for nid in ids:
+            try:
+                addr = self.store.get(f"/ctl/node/{nid}/addr")[0].decode("utf-8", "replace")
+            except DoozerError:
+                addr = ""
+            role = "leader" if nid == leader else "member" if nid in members else "follower"
+            info: dict[str, Any] = {"id": nid, "addr": addr, "role": role}
+            if nid == self.node_id:
+                info.update(applied=self.store.rev, alive=True, self=True)
+            else:
+                info.update(known.get(nid, {"applied": None, "alive": None}))
+            nodes.append(info)
+        return {
+            "id": self.node_id,
+            "addr": self.addr,
+            "role": self.sequencer.role(),
+            "leader": leader or "",
+            "rev": self.store.rev,
+            "oldest": self.store.oldest,
+            "cal": slots,
+            "nodes": nodes,
+        }
+
+    def members_by_slot(self) -> dict[str, str]:
+        try:
+            names = self.store.getdir("/ctl/cal")
+        except DoozerError:
+            return {}
+        out = {}
+        for name in names:
+            value, _ = self.store.get(f"/ctl/cal/{name}")
+            out[name] = value.decode("utf-8", "replace")
+        return out
+
+    # -- waiting for revs -------------------------------------------------
+
+    def when_rev(self, rev: int, fn: Callable[[], None]) -> None:
+        if self.store.rev >= rev:
+            fn()
+        else:
+            heapq.heappush(self._rev_waiters, (rev, next(self._counter), fn))
+
+    def _wake_rev_waiters(self) -> None:
+        w = self._rev_waiters
+        rev = self.store.rev
+        while w and w[0][0] <= rev:
+            heapq.heappop(w)[2]()
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
+        assert self._loop is not None
+        return self._loop.call_later(delay, fn)
+
+    # -- verbs ------------------------------------------------------------
+
+    def dispatch(self, req: Request, call: Call) -> None:
+        handler = _HANDLERS[req.verb]  # type: ignore[index]
+        try:
+            handler(self, req, call)
+        except DoozerError as e:
+            call.fail(e.code, e.detail)
+
+    def _linearizable(self, req: Request, call: Call, then: Callable[[], None]) -> None:
+        """Run `then` when a read may be served: at once for stale reads and reads
+        at a rev already applied; after the rev arrives for a future rev; after
+        a read barrier otherwise."""
+        rev = req.rev
+        if rev is not None:
+            if rev <= self.store.rev:
+                then()
+                return
+            self._at_future_rev(req, call, then)
+            return
+        if req.stale:
+            then()
+            return
+        timeout = self.default_timeout if req.timeout is None else req.timeout
+
+        def barrier_done(why: str | None) -> None:
+            if why is None:
+                try:
+                    then()
+                except DoozerError as e:
+                    call.fail(e.code, e.detail)
+            else:
+                call.fail(errors.UNAVAILABLE, why)
+
+        self.sequencer.read_barrier(barrier_done, timeout)
+
+    def _at_future_rev(self, req: Request, call: Call, then: Callable[[], None]) -> None:
+        state = {"done": False}
+        timer: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if state["done"]:
+                return
+            state["done"] = True
+            if timer is not None:
+                timer.cancel()
+            try:
+                then()
+            except DoozerError as e:
+                call.fail(e.code, e.detail)
+
+        def expire() -> None:
+            if not state["done"]:
+                state["done"] = True
+                call.fail(errors.TIMEOUT, f"rev {req.rev} not reached in time")
+
+        def cancel() -> None:
+            if not state["done"]:
+                state["done"] = True
+                if timer is not None:
+                    timer.cancel()
+                call.fail(errors.CANCELLED, "cancelled")
+
+        assert req.rev is not None
+        if req.timeout is not None:
+            timer = self._later(req.timeout, expire)
+        call.set_cancel(cancel)
+        self.when_rev(req.rev, fire)
+
+    def _get(self, req: Request, call: Call) -> None:
+        def serve() -> None:
+            store = self.store
+            value, rev = store.get(req.path, req.rev)  # type: ignore[arg-type]
+            resp: dict[str, Any] = {}
+            encode_value(resp, value)
+            resp["rev"] = rev
+            resp["snap_rev"] = store.rev if req.rev is None else req.rev
+            call.ok(resp)
+
+        self._linearizable(req, call, serve)
+
+    def _stat(self, req: Request, call: Call) -> None:
+        def serve() -> None:
+            store = self.store
+            length, rev = store.stat(req.path, req.rev)  # type: ignore[arg-type]
+            snap = store.rev if req.rev is None else req.rev
+            call.ok({"len": length, "rev": rev, "snap_rev": snap})
+
+        self._linearizable(req, call, serve)
+
+    def _getdir(self, req: Request, call: Call) -> None:
+        def serve() -> None:
+            store = self.store
+            snap = store.rev if req.rev is None else req.rev
+            entries = store.getdir(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
+            call.ok({"entries": entries, "rev": snap})
+
+        self._linearizable(req, call, serve)
+
+    def _walk(self, req: Request, call: Call) -> None:
+        def serve() -> None:
+            store = self.store
+            snap = store.rev if req.rev is None else req.rev
+            files = []
+            for path, rev, value in store.walk(req.path, req.rev, req.offset, req.limit):  # type: ignore[arg-type]
+                f: dict[str, Any] = {"path": path, "rev": rev}
+                encode_value(f, value)
+                files.append(f)
+            call.ok({"files": files, "rev": snap})
+
+        self._linearizable(req, call, serve)
+
+    def _rev(self, req: Request, call: Call) -> None:
+        req.rev = None
+        self._linearizable(req, call, lambda: call.ok({"rev": self.store.rev}))
+
+    def _write_check(self, req: Request) -> None:
+        path = req.path
+        assert path is not None
+        if path == "/ctl" or path.startswith("/ctl/"):
+            parts = path.split("/")
+            if len(parts) != 4 or parts[2] != "cal" or not _valid_cal_name(parts[3]):
+                raise errors.Permission(None, "clients may write under /ctl only to /ctl/cal/<N>")
+        if self.readonly:
+            raise errors.ReadOnly(None, "this node was started read-only")
+
+    def _write(self, m: Mutation, req: Request, call: Call) -> None:
+        def done(applied: Applied | None, why: str) -> None:
+            if applied is None:
+                call.fail(errors.UNAVAILABLE, why)
+            elif applied.err is not None:
+                call.fail(applied.err, applied.detail)
+            else:
+                call.ok({"rev": applied.rev})
+
+        self.propose(m, done, req.timeout)
+
+    def _set(self, req: Request, call: Call) -> None:
+        self._write_check(req)
+        rev = -1 if req.rev is None else req.rev
+        self._write(Mutation(SET, req.path, rev, req.value), req, call)  # type: ignore[arg-type]
+
+    def _del(self, req: Request, call: Call) -> None:
+        self._write_check(req)
+        rev = -1 if req.rev is None else req.rev
+        self._write(Mutation(DEL, req.path, rev), req, call)  # type: ignore[arg-type]
+
+    def _nop(self, req: Request, call: Call) -> None:
+        if self.readonly:
+            raise errors.ReadOnly(None, "this node was started read-only")
+        self._write(Mutation(NOP), req, call)
+
+    def _self(self, req: Request, call: Call) -> None:
+        call.ok(
+            {
+                "value": self.node_id,
+                "addr": self.addr,
+                "role": self.sequencer.role(),
+                "leader": self.sequencer.leader() or "",
+            }
+        )
+
+    def _wait(self, req: Request, call: Call, once: bool) -> None:
+        glob = req.path
+        assert glob is not None
+        state: dict[str, Any] = {"sub": None, "done": False, "timer": None}
+
+        def finish() -> None:
+            state["done"] = True
+            if state["sub"] is not None:
+                state["sub"].cancel()
+            if state["timer"] is not None:
+                state["timer"].cancel()
+
+        def deliver(ev: Event, body: bytes) -> None:
+            if state["done"]:
+                return
+            if once:
+                finish()
+                call.event(body, True)
+            elif not call.event(body, False):
+                finish()
+
+        def start(from_rev: int) -> None:
+            if state["done"]:
+                return
+            store = self.store
+            if from_rev <= store.rev:
+                # replay from history, then follow live; no await in between
+                match = _matcher(glob)
+                for ev in store.events_from(from_rev):
+                    if match(ev.path):
+                        deliver(ev, _body(ev))
+                        if state["done"]:
+                            return
+                from_rev = store.rev + 1
+            state["sub"] = self.watches.subscribe(glob, from_rev, deliver, once)
+
+        def cancel() -> None:
+            if not state["done"]:
+                finish()
+                call.fail(errors.CANCELLED, "cancelled")
+
+        def expire() -> None:
+            if not state["done"]:
+                finish()
+                call.fail(errors.TIMEOUT, "no matching change in time")
+
+        call.set_cancel(cancel)
+        if req.timeout is not None:
+            state["timer"] = self._later(req.timeout, expire)
+        if req.rev is not None:
+            if req.rev == 0 or req.rev < self.store.oldest:
+                raise errors.TooLate(None, f"rev {req.rev} is older than this node's history")
+            start(req.rev)
+            return
+
+        def barrier_done(why: str | None) -> None:
+            if why is not None:
+                if not state["done"]:
+                    finish()
+                    call.fail(errors.UNAVAILABLE, why)
+                return
+            try:
+                start(self.store.rev + 1)
+            except DoozerError as e:
+                if not state["done"]:
+                    finish()
+                    call.fail(e.code, e.detail)
+
+        self.sequencer.read_barrier(barrier_done, self.default_timeout)
+
+    def _wait1(self, req: Request, call: Call) -> None:
+        self._wait(req, call, True)
+
+    def _watch(self, req: Request, call: Call) -> None:
+        self._wait(req, call, False)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything another node needs to continue from this node's applied
+        state: the store (with its history window), the de-duplication state,
+        and whatever the sequencer adds (log position, membership schedule)."""
+        meta = getattr(self.sequencer, "snapshot_meta", None)
+        return {
+            "store": self.store.snapshot(),
+            "origins": list(self._origins.items()),
+            "meta": meta() if meta is not None else {},
+        }
+
+    def install_snapshot(self, snap: dict[str, Any]) -> None:
+        """Replace this node's state with a snapshot (a joiner, or a node too
+        far behind to catch up from the log)."""
+        store = Store.restore(snap["store"], hist=self.store.hist, hist_bytes=self.store.hist_bytes)
+        self.store = store
+        self._origins = {o: int(s) for o, s in snap["origins"]}
+        self._wake_rev_waiters()
+
+    def _snapshot(self, req: Request, call: Call) -> None:
+        """SNAPSHOT: the node's state at one rev, in one line (backup, joining)."""
+
+        def serve() -> None:
+            call.ok({"snapshot": self.snapshot(), "rev": self.store.rev})
+
+        self._linearizable(req, call, serve)
+
+    def _cluster(self, req: Request, call: Call) -> None:
+        """CLUSTER: what a joining node needs to know first."""
+        info = getattr(self.sequencer, "cluster_info", None)
+        st = self.status()
+        resp = {
+            "name": self.store.get("/ctl/name")[0].decode("utf-8", "replace"),
+            "id": "",
+            "leader": st["leader"],
+            "cal": st["cal"],
+            "nodes": {n["id"]: n["addr"] for n in st["nodes"]},
+            "rev": self.store.rev,
+        }
+        if info is not None:
+            resp.update(info())
+        call.ok(resp)
+
+
+def _matcher(glob: str) -> Callable[[str], bool]:
+    from doozer.paths import compile_glob
+
+    return compile_glob(glob)
+
+
+def _body(ev: Event) -> bytes:
+    from doozer.watch import event_body
+
+    return event_body(ev)
+
+
+_HANDLERS: dict[str, Callable[[Node, Request, Call], None]] = {
+    "GET": Node._get,
+    "SET": Node._set,
+    "DEL": Node._del,
+    "REV": Node._rev,
+    "NOP": Node._nop,
+    "STAT": Node._stat,
+    "GETDIR": Node._getdir,
+    "WALK": Node._walk,
+    "WAIT": Node._wait1,
+    "WATCH": Node._watch,
+    "SELF": Node._self,
+    "SNAPSHOT": Node._snapshot,
+    "CLUSTER": Node._cluster,
+}
+
+__all__ = ["Call", "Node", "Subscription"]

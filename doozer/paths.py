@@ -1,0 +1,180 @@
+"""Paths and globs of the doozer tree.
+
+A path is `/` or one or more `/name` components, a name being one or more
+ASCII letters, digits, `.`, `-` or `_`. A glob is a path whose names may also
+hold `?` (one character of a name), `*` (zero or more characters within one
+name) and `**` (zero or more characters of any kind, `/` included).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+
+from doozer import errors
+
+_PATH_RE = re.compile(r"/|(?:/[A-Za-z0-9._-]+)+")
+_GLOB_RE = re.compile(r"/|(?:/[A-Za-z0-9._?*-]+)+")
+_WILD = frozenset("?*")
+
+# Globs with more star tokens than this are matched by a bit-parallel NFA
+# (time linear in the path) instead of `re`, whose backtracking is
+# polynomial of degree = number of stars and could stall a node on a hostile
+# WATCH glob.
+_MAX_REGEX_STARS = 2
+
+# Token kinds of a compiled glob.
+_LIT = 0
+_ONE = 1  # ?
+_STAR = 2  # *
+_STARSTAR = 3  # **
+
+
+def valid_path(p: str) -> bool:
+    """True if `p` is a well-formed path."""
+    return type(p) is str and _PATH_RE.fullmatch(p) is not None
+
+
+def check_path(p: str) -> None:
+    """Raise `errors.BadPath` unless `p` is a well-formed path."""
+    if not valid_path(p):
+        raise errors.BadPath(None, f"bad path {p!r}")
+
+
+def valid_glob(g: str) -> bool:
+    return type(g) is str and _GLOB_RE.fullmatch(g) is not None
+
+
+def parent(p: str) -> str:
+    """The directory holding `p` (a valid path other than `/`)."""
+    i = p.rfind("/")
+    return p[:i] if i else "/"
+
+
+def _tokens(g: str) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    i, n = 0, len(g)
+    while i < n:
+        c = g[i]
+        if c == "*":
+            if i + 1 < n and g[i + 1] == "*":
+                out.append((_STARSTAR, ""))
+                i += 2
+                continue
+            out.append((_STAR, ""))
+        elif c == "?":
+            out.append((_ONE, ""))
+        else:
+            out.append((_LIT, c))
+        i += 1
+    return out
+
+
+def _regex_matcher(toks: list[tuple[int, str]]) -> Callable[[str], bool]:
+    parts = []
+    for kind, c in toks:
+        if kind == _LIT:
+            parts.append(re.escape(c))
+        elif kind == _ONE:
+            parts.append("[^/]")
+        elif kind == _STAR:
+            parts.append("[^/]*")
+        else:
+            parts.append(".*")
+    fullmatch = re.compile("".join(parts), re.DOTALL).fullmatch
+
+    def match(path: str) -> bool:
+        return fullmatch(path) is not None
+
+    return match
+
+
+def _nfa_matcher(toks: list[tuple[int, str]]) -> Callable[[str], bool]:
+    # Bit i of the state: the first i tokens have matched the text read so far.
+    m = len(toks)
+    stars = 0
+    for i, (kind, _) in enumerate(toks):
+        if kind >= _STAR:
+            stars |= 1 << i
+    final = 1 << m
+    masks: dict[str, tuple[int, int]] = {}
+
+    def masks_for(c: str) -> tuple[int, int]:
+        step = loop = 0
+        for i, (kind, lit) in enumerate(toks):
+            if kind == _LIT:
+                if lit == c:
+                    step |= 1 << i
+            elif kind == _ONE:
+                if c != "/":
+                    step |= 1 << i
+            elif kind == _STAR:
+                if c != "/":
+                    loop |= 1 << i
+            else:
+                loop |= 1 << i
+        masks[c] = (step, loop)
+        return step, loop
+
+    def closure(s: int) -> int:
+        # A star may match nothing: being before it is being after it.
+        while True:
+            t = s | ((s & stars) << 1)
+            if t == s:
+                return s
+            s = t
+
+    start = closure(1)
+
+    def match(path: str) -> bool:
+        s = start
+        for c in path:
+            mk = masks.get(c) or masks_for(c)
+            s = closure(((s & mk[0]) << 1) | (s & mk[1]))
+            if not s:
+                return False
+        return bool(s & final)
+
+    return match
+
+
+@lru_cache(maxsize=4096)
+def compile_glob(g: str) -> Callable[[str], bool]:
+    """A predicate telling whether a path matches glob `g`. Raises `errors.BadPath`."""
+    if not valid_glob(g):
+        raise errors.BadPath(None, f"bad glob {g!r}")
+    toks = _tokens(g)
+    nstars = sum(1 for kind, _ in toks if kind >= _STAR)
+    if nstars <= _MAX_REGEX_STARS:
+        return _regex_matcher(toks)
+    return _nfa_matcher(toks)
+
+
+@lru_cache(maxsize=4096)
+def glob_prefix(g: str) -> str:
+    """The deepest path every match of `g` is, or lies under: the literal
+    leading names of `g` (all of `g` when it has no wildcard)."""
+    if not valid_glob(g):
+        raise errors.BadPath(None, f"bad glob {g!r}")
+    if g == "/":
+        return g
+    names = g.split("/")[1:]
+    lit: list[str] = []
+    for name in names:
+        if _WILD.intersection(name):
+            break
+        lit.append(name)
+    return "/" + "/".join(lit)
+
+
+def is_literal(g: str) -> bool:
+    """True if glob `g` has no wildcard (it matches only itself)."""
+    return not _WILD.intersection(g)
+
+
+def under(p: str, prefix: str) -> bool:
+    """True if path `p` is `prefix` or lies beneath it."""
+    if prefix == "/":
+        return True
+    return p == prefix or (p.startswith(prefix) and p[len(prefix)] == "/")

@@ -1,0 +1,264 @@
+"""`doozer serve`: flags, start-up, signals and logging for one node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+
+from doozer import protocol
+from doozer.mutation import SET, Mutation
+from doozer.node import Node
+from doozer.sequencer import LocalSequencer
+from doozer.server import Server
+from doozer.store import Store
+from doozer.version import __version__
+
+log = logging.getLogger("doozer")
+
+DEFAULT_LISTEN = "127.0.0.1:8046"
+DEFAULT_WEB = "127.0.0.1:8000"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a doozer node")
+    p.add_argument(
+        "-l",
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR",
+        help="address for clients and peers (default %(default)s)",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="ADDR",
+        help="address others use to reach this node (default: the listen address)",
+    )
+    p.add_argument(
+        "-a",
+        "--attach",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="join the cluster of this live node (repeatable)",
+    )
+    p.add_argument("-c", "--cluster", default="local", metavar="NAME", help="cluster name")
+    p.add_argument(
+        "-w",
+        "--web",
+        default=DEFAULT_WEB,
+        metavar="ADDR",
+        help="web viewer address, or 'off' (default %(default)s)",
+    )
+    p.add_argument(
+        "-d",
+        "--data-dir",
+        default="./doozer-data",
+        metavar="DIR",
+        help="data directory (default %(default)s)",
+    )
+    p.add_argument("--mem", action="store_true", help="keep nothing on disk")
+    p.add_argument(
+        "--cals",
+        type=int,
+        default=3,
+        metavar="N",
+        help="consensus slots of a new cluster (first node only)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="remove a member not heard from for S seconds",
+    )
+    p.add_argument(
+        "--election-timeout",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="wait on a silent leader before taking over",
+    )
+    p.add_argument("--hist", type=int, default=2000, metavar="N", help="revisions of history")
+    p.add_argument(
+        "--hist-bytes",
+        type=int,
+        default=256 << 20,
+        metavar="BYTES",
+        help="memory budget for history",
+    )
+    p.add_argument("--max-value", type=int, default=protocol.MAX_VALUE, metavar="BYTES")
+    p.add_argument("--max-line", type=int, default=protocol.MAX_LINE, metavar="BYTES")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="default timeout of writes and linearizable reads",
+    )
+    p.add_argument(
+        "--readonly",
+        action="store_true",
+        help="an observer: never claims a slot, answers writes READONLY",
+    )
+    p.add_argument(
+        "--secret-file", metavar="FILE", help="file holding the access secret (else $DOOZER_SECRET)"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.set_defaults(func=run)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"bad address {addr!r}: want HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_secret(args: argparse.Namespace) -> bytes | None:
+    if args.secret_file:
+        with open(args.secret_file, "rb") as f:
+            return f.read().strip() or None
+    env = os.environ.get("DOOZER_SECRET")
+    return env.encode() if env else None
+
+
+def setup_logging(level: str, node_id: str = "") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s.%(msecs)03d doozer: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger("doozer")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    try:
+        host, port = split_addr(args.listen)
+        if args.advertise:
+            split_addr(args.advertise)
+        secret = read_secret(args)
+    except (ValueError, OSError) as e:
+        log.error("%s", e)
+        return 2
+    if args.advertise is None and host in ("0.0.0.0", "::", ""):
+        log.error("listening on %s needs --advertise ADDR", args.listen)
+        return 2
+    from doozer import runtime
+
+    return runtime.run_loop(_serve(args, host, port, secret))
+
+
+async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:
+    if args.attach:
+        try:
+            from doozer import cluster
+        except ImportError:
+            log.error("-a: joining a cluster is not supported by this build yet")
+            return 2
+        return await cluster.serve(args, host, port, secret)
+    if not args.mem:
+        log.warning(
+            "durability is not implemented yet: %s is not used; this node keeps its data in memory",
+            args.data_dir,
+        )
+    node_id = secrets.token_hex(8)
+    store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
+    node = Node(
+        node_id=node_id,
+        store=store,
+        sequencer=LocalSequencer(),
+        readonly=args.readonly,
+        default_timeout=args.request_timeout,
+    )
+    server = Server(node, secret=secret, max_line=args.max_line, max_value=args.max_value)
+    try:
+        bound_host, bound_port = await server.start(host, port)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", args.listen, e)
+        return 1
+    node.addr = args.advertise or f"{bound_host}:{bound_port}"
+    node.start()
+    await write_initial_ctl(node, args.cluster, args.cals)
+    web = await start_web(args, node, secret)
+    log.info(
+        "node %s listening on %s (cluster %r, single member)", node_id, node.addr, args.cluster
+    )
+    code = await wait_for_signal()
+    log.info("shutting down")
+    await shutdown(server, node, web)
+    return code
+
+
+async def write_initial_ctl(node: Node, cluster_name: str, cals: int) -> None:
+    """A new cluster's /ctl: its name, its slots (slot 0 ours), this node."""
+    muts = [Mutation(SET, "/ctl/name", -1, cluster_name.encode())]
+    muts.append(Mutation(SET, f"/ctl/node/{node.node_id}/addr", -1, node.addr.encode()))
+    muts.append(
+        Mutation(SET, f"/ctl/node/{node.node_id}/hostname", -1, socket.gethostname().encode())
+    )
+    muts.append(Mutation(SET, f"/ctl/node/{node.node_id}/version", -1, __version__.encode()))
+    muts.append(Mutation(SET, "/ctl/cal/0", -1, node.node_id.encode()))
+    for i in range(1, max(cals, 1)):
+        muts.append(Mutation(SET, f"/ctl/cal/{i}", 0, b""))
+    await propose_all(node, muts)
+
+
+async def propose_all(node: Node, muts: list[Mutation], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    futs = []
+    for m in muts:
+        fut = loop.create_future()
+
+        def done(applied, why, fut=fut):  # type: ignore[no-untyped-def]
+            if not fut.done():
+                fut.set_result((applied, why))
+
+        node.propose(m, done, timeout)
+        futs.append(fut)
+    for m, (applied, why) in zip(muts, await asyncio.gather(*futs), strict=True):
+        if applied is None:
+            raise RuntimeError(f"could not write {m.path}: {why}")
+
+
+async def start_web(args: argparse.Namespace, node: Node, secret: bytes | None):  # type: ignore[no-untyped-def]
+    if args.web == "off":
+        return None
+    try:
+        from doozer import web
+    except ImportError:
+        log.info("web viewer not available in this build; -w ignored")
+        return None
+    return await web.start(args.web, node, secret, explicit=args.web != DEFAULT_WEB)
+
+
+async def wait_for_signal() -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    return 0
+
+
+async def shutdown(server: Server, node: Node, web, grace: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+    """Stop accepting, give in-flight writes a moment to finish, fail the rest."""
+    server.stop_accepting()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while node._pending and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    node.close()
+    if web is not None:
+        await web.close()
+    await server.close()

@@ -1,0 +1,172 @@
+"""Real `doozer serve` processes for tests: free ports, readiness with a
+deadline, and cleanup of the whole process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(
+    host: str, port: int, deadline_s: float = 15.0, proc: subprocess.Popen | None = None
+) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{host}:{port} did not accept within {deadline_s}s")
+
+
+class NodeProc:
+    """One node process. `args` are extra serve flags."""
+
+    def __init__(
+        self,
+        *args: str,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict | None = None,
+        cmd: list[str] | None = None,
+        mem: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.addr = f"{host}:{self.port}"
+        self.logdir = Path(tempfile.mkdtemp(prefix="doozer-test-"))
+        self.logfile = self.logdir / "node.log"
+        base = cmd or [sys.executable, "-m", "doozer"]
+        flags = ["serve", "-l", self.addr, "-w", "off"]
+        if mem:
+            flags.append("--mem")
+        self.argv = base + flags + list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> NodeProc:
+        self._log = open(self.logfile, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.logdir,
+            start_new_session=True,
+        )
+        if wait:
+            wait_port(self.host, self.port, proc=self.proc)
+        return self
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL the group if it lingers. Returns the exit code."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            rc = self.proc.wait(5)
+        self.signal(signal.SIGKILL)  # anything left in the group
+        self._log.close()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(5)
+            self._log.close()
+
+    def rss_kb(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def __enter__(self) -> NodeProc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Raw:
+    """A netcat-style client: one JSON object per line, with deadlines."""
+
+    def __init__(self, addr: str, timeout: float = 10.0) -> None:
+        host, port = addr.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.timeout = timeout
+
+    def send(self, obj: dict | bytes | str) -> None:
+        if isinstance(obj, dict):
+            data = orjson.dumps(obj) + b"\n"
+        elif isinstance(obj, str):
+            data = obj.encode()
+        else:
+            data = obj
+        self.sock.sendall(data)
+
+    def recv_line(self, timeout: float | None = None) -> bytes:
+        end = time.monotonic() + (timeout or self.timeout)
+        while b"\n" not in self.buf:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line within deadline; have {self.buf[:200]!r}")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError(f"connection closed; have {self.buf[:200]!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def recv(self, timeout: float | None = None) -> dict:
+        return orjson.loads(self.recv_line(timeout))
+
+    def call(self, obj: dict, timeout: float | None = None) -> dict:
+        self.send(obj)
+        return self.recv(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

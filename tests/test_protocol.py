@@ -1,0 +1,108 @@
+"""The pure protocol layer: framing and validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from doozer import errors
+from doozer.protocol import LineBuffer, ProtocolError, check_args, encode_value, parse
+
+
+def feed_all(buf: LineBuffer, *chunks: bytes) -> list:
+    out = []
+    for c in chunks:
+        out.extend(buf.feed(c))
+    return out
+
+
+def test_lines_split_across_chunks_and_crlf():
+    b = LineBuffer(100)
+    assert feed_all(b, b'{"a"', b":1}\r\n{}", b"\n") == [b'{"a":1}', b"{}"]
+
+
+def test_long_line_is_reported_once_and_skipped():
+    b = LineBuffer(10)
+    out = feed_all(b, b"x" * 8, b"y" * 8, b"z" * 100, b"\n{}\n")
+    assert out == [None, b"{}"]
+    assert b.pending() == 0
+
+
+def test_long_line_in_one_chunk():
+    b = LineBuffer(10)
+    assert feed_all(b, b"x" * 50 + b"\nok\n") == [None, b"ok"]
+
+
+def err(line: bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as e:
+        req = parse(line)
+        check_args(req)
+    return e.value
+
+
+@pytest.mark.parametrize(
+    "line,code",
+    [
+        (b"nope", errors.BAD_REQUEST),
+        (b"[1,2]", errors.BAD_REQUEST),
+        (b'"str"', errors.BAD_REQUEST),
+        (b'{"verb":1}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":5}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","rev":"1"}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","rev":true}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","rev":-1}', errors.BAD_REQUEST),
+        (b'{"verb":"SET","path":"/a","value":"x","rev":-2}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","stale":1}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","timeout":"1"}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","path":"/a","timeout":-1}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","tag":[1]}', errors.BAD_REQUEST),
+        (b'{"verb":"GET","tag":1.5}', errors.BAD_REQUEST),
+        (b'{"verb":"SET","path":"/a","value":"x","value_b64":"eA=="}', errors.BAD_REQUEST),
+        (b'{"verb":"SET","path":"/a","value_b64":"!!"}', errors.BAD_REQUEST),
+        (b'{"verb":"CANCEL","other_tag":null}', errors.BAD_REQUEST),
+        (b'{"verb":"FROB"}', errors.UNKNOWN_VERB),
+        (b"{}", errors.MISSING_ARG),
+        (b'{"verb":"GET"}', errors.MISSING_ARG),
+        (b'{"verb":"SET","path":"/a"}', errors.MISSING_ARG),
+        (b'{"verb":"WATCH","path":"/a"}', errors.MISSING_ARG),
+        (b'{"verb":"WAIT"}', errors.MISSING_ARG),
+        (b'{"verb":"CANCEL"}', errors.MISSING_ARG),
+        (b'{"verb":"GET","path":"a"}', errors.BAD_PATH),
+        (b'{"verb":"GET","path":"/a/"}', errors.BAD_PATH),
+        (b'{"verb":"GET","path":"/a//b"}', errors.BAD_PATH),
+        (b'{"verb":"GET","path":"/a b"}', errors.BAD_PATH),
+        (b'{"verb":"GET","path":"/a*"}', errors.BAD_PATH),
+        (b'{"verb":"WALK","path":"**"}', errors.BAD_PATH),
+        (b'{"verb":"GETDIR","path":"/","offset":-1}', errors.RANGE),
+        (b'{"verb":"WALK","path":"/**","limit":-1}', errors.RANGE),
+    ],
+)
+def test_bad_requests(line, code):
+    assert err(line).code == code
+
+
+def test_error_keeps_a_valid_tag():
+    e = err(b'{"tag":"t","verb":"GET","path":7}')
+    assert e.tag == "t" and e.has_tag
+
+
+def test_value_limit():
+    with pytest.raises(ProtocolError) as e:
+        parse(b'{"verb":"SET","path":"/a","value":"' + b"x" * 11 + b'"}', max_value=10)
+    assert e.value.code == errors.TOO_LARGE
+
+
+def test_verb_case_insensitive_and_extra_fields_ignored():
+    req = parse(b'{"verb":"gEt","path":"/a","color":"blue"}')
+    check_args(req)
+    assert req.verb == "GET"
+
+
+def test_values_utf8_and_binary():
+    assert parse(b'{"verb":"SET","path":"/a","value":"\\u00e9"}').value == "é".encode()
+    assert parse(b'{"verb":"SET","path":"/a","value_b64":"/w=="}').value == b"\xff"
+    r: dict = {}
+    encode_value(r, b"\xff\x00")
+    assert r == {"value_b64": "/wA="}
+    r = {}
+    encode_value(r, "é".encode())
+    assert r == {"value": "é"}
