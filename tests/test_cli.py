@@ -1,0 +1,219 @@
+"""The `doozer` client commands: in-process against the fake node, and as
+`python -m doozer` subprocesses against a real node when there is one."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from doozer import cli
+from doozer.commands import parse_duration
+from tests.test_client import HAVE_SERVER, ROOT, FakeCluster, dead_addr, start_node
+
+Doozer = Callable[..., tuple[int, bytes, str]]
+
+
+def in_process(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, str]:
+    out, err = io.BytesIO(), io.BytesIO()
+    saved = sys.stdin, sys.stdout, sys.stderr, dict(os.environ)
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    sys.stdout = io.TextIOWrapper(out, write_through=True)
+    sys.stderr = io.TextIOWrapper(err, write_through=True)
+    os.environ.pop("DOOZER_URI", None)
+    os.environ.pop("DOOZER_SECRET", None)
+    os.environ.update(env)
+    try:
+        rc = cli.main(argv)
+        sys.stdout.flush()
+        return rc, out.getvalue(), err.getvalue().decode()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved[:3]
+        os.environ.clear()
+        os.environ.update(saved[3])
+
+
+def subprocess_run(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("DOOZER_URI", "DOOZER_SECRET")}
+    p = subprocess.run(
+        [sys.executable, "-m", "doozer", *argv],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env={**base, **env},
+        timeout=30,
+    )
+    return p.returncode, p.stdout, p.stderr.decode()
+
+
+@pytest.fixture(params=["fake", "real"])
+def doozer(request: pytest.FixtureRequest) -> Iterator[Doozer]:
+    """doozer(cmd, *args, stdin=b"", env={}) -> (status, stdout, stderr), with -a set."""
+    if request.param == "fake":
+        cluster = FakeCluster(1)
+        ctx: Any = None
+        addr, runner = cluster.addrs[0], in_process
+    else:
+        if not HAVE_SERVER:
+            pytest.skip("doozer/server.py does not exist yet")
+        cluster = None
+        ctx = start_node()
+        addr, runner = ctx.__enter__(), subprocess_run
+
+    def call(cmd: str, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> Any:
+        return runner([cmd, "-a", addr, *args], stdin, env or {})
+
+    call.addr = addr  # type: ignore[attr-defined]
+    call.raw = runner  # type: ignore[attr-defined]
+    try:
+        yield call
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
+def rev_of(result: tuple[int, bytes, str]) -> int:
+    status, out, err = result
+    assert status == 0, err
+    return int(out)
+
+
+def test_write_and_read_commands(doozer: Doozer) -> None:
+    r1 = rev_of(doozer("add", "/t/a", stdin=b"hello"))
+    status, out, err = doozer("add", "/t/a", stdin=b"again")
+    assert status == 1 and err.startswith("Error: REV_MISMATCH: ")
+    assert doozer("get", "/t/a") == (0, b"hello", "")
+    r2 = rev_of(doozer("set", "/t/b/c", "-1", stdin=b"\x00\xff\n"))
+    assert r2 == r1 + 1
+    assert doozer("get", "/t/b/c")[1] == b"\x00\xff\n"
+    assert doozer("get", "-r", str(r1), "/t/b/c")[1] == b""  # not yet written at r1
+    assert doozer("set", "/t/a", str(r1 - 1), stdin=b"x")[0] == 1
+    assert doozer("stat", "/t/a") == (0, f"{r1} 5\n".encode(), "")
+    assert doozer("stat", "/t") == (0, b"d 2\n", "")
+    status, out, err = doozer("stat", "/t/none")
+    assert (status, out) == (2, b"") and err.startswith("Error: NOENT: ")
+    assert doozer("ls", "/t") == (0, b"a\nb\n", "")
+    assert doozer("find", "/t") == (0, b"/t\n/t/a\n/t/b\n/t/b/c\n", "")
+    assert doozer("find", "/t/a") == (0, b"/t/a\n", "")
+    assert doozer("find", "-r", str(r1), "/t") == (0, b"/t\n/t/a\n", "")
+    r3 = rev_of(doozer("touch", "/t/a"))
+    assert (
+        doozer("get", "/t/a")[1] == b"hello" and doozer("stat", "/t/a")[1] == f"{r3} 5\n".encode()
+    )
+    r4 = rev_of(doozer("touch", "/t/new"))
+    assert doozer("stat", "/t/new")[1] == f"{r4} 0\n".encode()
+    assert doozer("del", "/t/new", str(r4 - 1))[0] == 1
+    r5 = rev_of(doozer("del", "/t/new", str(r4)))
+    assert rev_of(doozer("rev")) == r5 == r4 + 1
+    assert rev_of(doozer("nop")) == r5
+    status, out, _ = doozer("self")
+    assert status == 0 and out.endswith(b"\n") and len(out) > 1
+    status, _, err = doozer("ls", "/t/nothing")
+    assert status == 2 and err.startswith("Error: NOENT: ")
+    status, _, err = doozer("get", "bad")
+    assert status == 2 and err.startswith("Error: BAD_PATH: ")
+
+
+def test_wait_and_watch_records(doozer: Doozer) -> None:
+    r1 = rev_of(doozer("set", "/w/a", "-1", stdin=b"one\ntwo"))
+    r2 = rev_of(doozer("set", "/w/b", "-1", stdin=b""))
+    r3 = rev_of(doozer("del", "/w/a", "-1"))
+    assert doozer("wait", "-r", str(r1), "/w/*") == (
+        0,
+        f"/w/a {r1} set 7\none\ntwo\n".encode(),
+        "",
+    )
+    assert doozer("wait", "-r", str(r1 + 1), "/w/a")[1] == f"/w/a {r3} del 0\n\n".encode()
+    status, out, _ = doozer("watch", "-n", "3", "-r", str(r1), "/w/**")
+    assert status == 0
+    assert out == (f"/w/a {r1} set 7\none\ntwo\n/w/b {r2} set 0\n\n/w/a {r3} del 0\n\n".encode())
+    status, out, err = doozer("wait", "-t", "50ms", "/w/never")
+    assert (status, out) == (2, b"") and err.startswith("Error: TIMEOUT: ")
+
+
+def test_address_from_env_uri(doozer: Doozer) -> None:
+    env = {"DOOZER_URI": f"doozer:?ca={dead_addr()}&ca={doozer.addr}"}  # type: ignore[attr-defined]
+    # No -a: $DOOZER_URI is used, and its dead first address is skipped.
+    status, out, err = doozer.raw(["rev"], b"", env)  # type: ignore[attr-defined]
+    assert status == 0, err
+    assert int(out) >= 0
+
+
+def test_unreachable() -> None:
+    status, out, err = in_process(["rev", "-a", dead_addr(), "-t", "2"], b"", {})
+    assert (status, out) == (2, b"") and err.startswith("Error: UNAVAILABLE: ")
+    status, _, err = in_process(["rev", "-a", "doozer:?sk=x"], b"", {})
+    assert status == 2 and "Error: BAD_URI: " in err
+
+
+def test_env_uri_used_without_a() -> None:
+    cluster = FakeCluster(1)
+    try:
+        uri = f"doozer:?ca={dead_addr()}&ca={cluster.addrs[0]}"
+        assert in_process(["rev"], b"", {"DOOZER_URI": uri}) == (0, b"0\n", "")
+        # -a wins over $DOOZER_URI.
+        status, _, err = in_process(["rev", "-a", dead_addr(), "-t", "2"], b"", {"DOOZER_URI": uri})
+        assert status == 2 and "UNAVAILABLE" in err
+    finally:
+        cluster.close()
+
+
+def test_secret_from_uri_and_env() -> None:
+    cluster = FakeCluster(1, secret="pw")
+    addr = cluster.addrs[0]
+    try:
+        status, _, err = in_process(["rev", "-a", addr], b"", {})
+        assert status == 0  # REV needs no ACCESS
+        status, _, err = in_process(["get", "-a", addr, "/x"], b"", {})
+        assert status == 2 and err.startswith("Error: PERMISSION: ")
+        assert in_process(["get", "-a", f"doozer:?ca={addr}&sk=pw", "/x"], b"", {})[0] == 0
+        assert in_process(["get", "-a", addr, "/x"], b"", {"DOOZER_SECRET": "pw"})[0] == 0
+    finally:
+        cluster.close()
+
+
+def test_help_documents_formats() -> None:
+    p = cli.build_parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    helps = {name: sp.format_help() for name, sp in sub.choices.items()}  # type: ignore[attr-defined]
+    for name in (
+        "get",
+        "set",
+        "add",
+        "del",
+        "touch",
+        "stat",
+        "find",
+        "ls",
+        "wait",
+        "watch",
+        "rev",
+        "nop",
+        "self",
+    ):
+        assert name in helps and "-a ADDR" in helps[name] and "-r REV" in helps[name]
+    assert "<path> <rev> <set|del> <len>" in helps["watch"]
+    assert "<path> <rev> <set|del> <len>" in helps["wait"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2", 2.0), ("0.5", 0.5), ("1m30s", 90.0), ("500ms", 0.5), ("1h", 3600.0), ("10us", 1e-5)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "x", "1x", "-1", "1m 2s", "s", "nan"])
+def test_parse_duration_rejects(text: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
