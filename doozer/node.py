@@ -301,7 +301,7 @@ class Node:
                 return
             self._at_future_rev(req, call, then)
             return
-        if req.stale:
+        if req.stale or self.sequencer.reads_are_local:
             then()
             return
         timeout = self.default_timeout if req.timeout is None else req.timeout

@@ -41,6 +41,10 @@ class Proposal:
 
 
 class Sequencer(Protocol):
+    # True when every write acknowledged anywhere is already applied here, so a
+    # linearizable read needs no barrier (a single member).
+    reads_are_local: bool
+
     def start(self, node: Node) -> None: ...
 
     def propose(self, p: Proposal) -> None:
@@ -64,6 +68,8 @@ class Sequencer(Protocol):
 class LocalSequencer:
     """One member, no peers: everything proposed in one loop iteration is
     decided together as one batch, in proposal order."""
+
+    reads_are_local = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop

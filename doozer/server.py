@@ -104,6 +104,12 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self.peer = ""
+        # Output is coalesced: everything answered while handling one chunk of
+        # input (or in one loop iteration) goes out in one transport.write.
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._in_data = False
+        self._flush_scheduled = False
 
     # -- transport events -------------------------------------------------
 
@@ -142,12 +148,16 @@ class Connection(asyncio.Protocol):
             nl = data.find(b"\n")
             if nl >= 0 and self._maybe_peer(data[:nl], data[nl + 1 :]):
                 return
-        for line in self.buf.feed(data):
-            if self.closed:
-                return
-            if self.first:
+        self._in_data = True
+        try:
+            for line in self.buf.feed(data):
+                if self.closed:
+                    return
                 self.first = False
-            self._line(line)
+                self._line(line)
+        finally:
+            self._in_data = False
+            self._flush()
 
     # -- requests ---------------------------------------------------------
 
@@ -257,13 +267,29 @@ class Connection(asyncio.Protocol):
 
     def backlog(self) -> int:
         t = self.transport
-        return t.get_write_buffer_size() if t is not None else 0
+        return self._out_bytes + (t.get_write_buffer_size() if t is not None else 0)
 
     def write(self, data: bytes) -> None:
-        t = self.transport
-        if t is None or self.closed:
+        if self.closed:
             return
-        t.write(data)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if not self._in_data and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        t = self.transport
+        if not out:
+            return
+        if t is None or self.closed:
+            out.clear()
+            return
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        self._out_bytes = 0
         if t.get_write_buffer_size() > HARD_BACKLOG:
             log.warning("client %s dropped: %d bytes of output unread", self.peer, HARD_BACKLOG)
             self.closed = True
