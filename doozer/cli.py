@@ -39,12 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_GLOBAL_OPTS = ("-a", "-r", "-t", "--addr", "--rev", "--timeout")
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """`doozer -a ADDR get /x` means `doozer get -a ADDR /x`: the original's
+    global flags may come before the command."""
+    moved: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_OPTS and i + 1 < len(argv):
+            moved += argv[i : i + 2]
+            i += 2
+        elif arg.split("=", 1)[0] in _GLOBAL_OPTS and "=" in arg:
+            moved.append(arg)
+            i += 1
+        else:
+            break
+    if not moved or i >= len(argv):
+        return argv
+    return [argv[i], *moved, *argv[i + 1 :]]
+
+
 def main(argv: list[str] | None = None) -> int:
     import multiprocessing
 
     multiprocessing.freeze_support()  # `doozer bench --procs` in the frozen binary
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
