@@ -51,9 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-w",
         "--web",
-        default=DEFAULT_WEB,
+        default=None,
         metavar="ADDR",
-        help="web viewer address, or 'off' (default %(default)s)",
+        help=f"web viewer address, or 'off' (default {DEFAULT_WEB})",
     )
     p.add_argument(
         "-d",
@@ -109,6 +109,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--secret-file", metavar="FILE", help="file holding the access secret (else $DOOZER_SECRET)"
     )
+    p.add_argument(
+        "--single",
+        action="store_true",
+        help="run without consensus (one member, never joinable); for measuring the core",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     p.set_defaults(func=run)
 
@@ -158,12 +163,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:
-    if args.attach:
-        try:
-            from doozer import cluster
-        except ImportError:
-            log.error("-a: joining a cluster is not supported by this build yet")
-            return 2
+    if not args.single:
+        from doozer import cluster
+
         return await cluster.serve(args, host, port, secret)
     if not args.mem:
         log.warning(
@@ -188,7 +190,12 @@ async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes |
     node.addr = args.advertise or f"{bound_host}:{bound_port}"
     node.start()
     await write_initial_ctl(node, args.cluster, args.cals)
-    web = await start_web(args, node, secret)
+    try:
+        web = await start_web(args, node, secret)
+    except OSError as e:
+        log.error("%s", e)
+        await shutdown(server, node, None)
+        return 1
     log.info(
         "node %s listening on %s (cluster %r, single member)", node_id, node.addr, args.cluster
     )
@@ -232,12 +239,9 @@ async def propose_all(node: Node, muts: list[Mutation], timeout: float = 30.0) -
 async def start_web(args: argparse.Namespace, node: Node, secret: bytes | None):  # type: ignore[no-untyped-def]
     if args.web == "off":
         return None
-    try:
-        from doozer import web
-    except ImportError:
-        log.info("web viewer not available in this build; -w ignored")
-        return None
-    return await web.start(args.web, node, secret, explicit=args.web != DEFAULT_WEB)
+    from doozer import web
+
+    return await web.start(args.web or DEFAULT_WEB, node, secret, explicit=args.web is not None)
 
 
 async def wait_for_signal() -> int:

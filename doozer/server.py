@@ -73,6 +73,7 @@ class ClientCall:
             return False
         conn = self.conn
         if not final and conn.backlog() > WATCH_BACKLOG:
+            log.warning("client %s: watch %r cut off, its output backed up", conn.peer, self.tag)
             self.fail(errors.TOO_LATE, "watch output backed up: the client is not reading")
             return False
         if self.has_tag:
