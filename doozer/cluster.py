@@ -1,0 +1,726 @@
+"""Multi-Paxos behind the sequencer seam: the replica driven by real time and
+real peers, new clusters, joining through any live node, slot claiming,
+liveness, catch-up by snapshot.
+
+The consensus core (`doozer.consensus.Replica`) is pure; this module is the
+glue that feeds it ticks and messages, sends what it says to send, and hands
+decided batches to `node.apply_batch` in log order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import secrets
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from doozer.consensus import Config, DurableState, Replica
+from doozer.consensus.membership import schedule_from_wire, schedule_to_wire
+from doozer.errors import DoozerError
+from doozer.mutation import DEL, SET, Mutation
+from doozer.node import Node
+from doozer.peer import PeerHub
+from doozer.sequencer import Proposal
+from doozer.store import Event, Store
+from doozer.version import __version__
+
+log = logging.getLogger("doozer")
+
+TICK = 0.01  # s between replica ticks
+KEEP_DECIDED = 20_000  # decided instances kept for peers that catch up from the log
+KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets a snapshot
+RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
+JOIN_LINE_LIMIT = 1 << 30
+
+
+class ClusterSequencer:
+    """Drives one `Replica` with real time and a `PeerHub`."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        cluster_name: str,
+        cluster_id: str,
+        secret: bytes | None,
+        config: Config,
+        readonly: bool = False,
+        durable: DurableState | None = None,
+        applied: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.cluster_name = cluster_name
+        self.cluster_id = cluster_id
+        self.secret = secret
+        self.config = config
+        self.readonly = readonly
+        self.rng = rng or random.Random()
+        self.replica = Replica(
+            node_id, config=config, rng=self.rng, durable=durable, applied=applied
+        )
+        self.node: Node | None = None
+        self.hub: PeerHub | None = None
+        self.applied_instance = self.replica.applied
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._kicked = False
+        self._undecided: dict[int, Proposal] = {}
+        self._last_progress = 0.0
+        self._last_leader: str | None = None
+        self._reads: dict[int, tuple[Callable[[str | None], None], float]] = {}
+        self._read_ids = 0
+        self._read_waiters: list[tuple[int, int, Callable[[str | None], None]]] = []
+        self._members: frozenset[str] = frozenset()
+        self._cal_dirty = True
+        self._nodes_dirty = True
+        self._snapshot_task: asyncio.Task | None = None
+        self._follower_seen: dict[str, float] = {}
+        self._removing: set[str] = set()
+        self._closed = False
+        self._kept: deque[tuple[int, int]] = deque()  # (instance, bytes) still in the log
+        self._kept_bytes = 0
+        self.on_change: list[Callable[[], None]] = []
+
+    # -- the Sequencer protocol ----------------------------------------------
+
+    @property
+    def reads_are_local(self) -> bool:
+        # A sole member that leads has applied everything it decided: nobody
+        # else can decide anything without its promise.
+        r = self.replica
+        return r.is_leader and self._members == {self.node_id} and self.applied_instance >= r.commit
+
+    def start(self, node: Node) -> None:
+        self.node = node
+        self._loop = asyncio.get_running_loop()
+        node.on_event(self._on_event)
+        self.hub = PeerHub(
+            self.node_id,
+            self.cluster_name,
+            self.cluster_id,
+            secret=self.secret.decode() if self.secret else None,
+            on_message=self._on_message,
+            addr=node.addr,
+            rng=self.rng,
+        )
+        self._refresh_members()
+        self._refresh_peers()
+        self._last_progress = self._loop.time()
+        self._tick()
+
+    def accept_peer(self, transport: Any, hello: dict, rest: bytes) -> asyncio.Protocol | None:
+        assert self.hub is not None
+        return self.hub.accept_inbound(transport, hello, rest)
+
+    def propose(self, p: Proposal) -> None:
+        self._undecided[p.seq] = p
+        self.replica.propose([p.to_wire()])
+        self._kick()
+
+    def read_barrier(self, done: Callable[[str | None], None], timeout: float) -> None:
+        if self.reads_are_local:
+            done(None)
+            return
+        assert self._loop is not None
+        self._read_ids += 1
+        rid = self._read_ids
+        self._reads[rid] = (done, self._loop.time() + timeout)
+        self.replica.read_index([self.node_id, rid])
+        self._kick()
+
+    def role(self) -> str:
+        if self.replica.is_leader:
+            return "leader"
+        return "member" if self.node_id in self._members else "follower"
+
+    def leader(self) -> str | None:
+        return self.replica.leader
+
+    def writable(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+        if self.hub is not None:
+            self.hub.close()
+        for done, _ in self._reads.values():
+            done("the node is shutting down")
+        self._reads.clear()
+
+    def transfer_leadership(self) -> str | None:
+        to = self.replica.transfer_leadership()
+        self._kick()
+        return to
+
+    # -- what the node exposes about the cluster -------------------------------
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        i = self.applied_instance
+        return {
+            "instance": i,
+            "schedule": schedule_to_wire(self.replica.membership_schedule(i)),
+            "cluster_id": self.cluster_id,
+            "name": self.cluster_name,
+        }
+
+    def cluster_info(self) -> dict[str, Any]:
+        return {"id": self.cluster_id, "instance": self.applied_instance}
+
+    def peer_status(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        stats = self.hub.stats() if self.hub is not None else {}
+        assert self._loop is not None
+        now = self._loop.time()
+        heard = self.replica.heard
+        for nid, st in stats.items():
+            if not nid:
+                continue
+            t = heard.get(nid)
+            out[nid] = {
+                "alive": bool(st.get("connected")) and t is not None and now - t < 3,
+                "applied": None,
+            }
+        return out
+
+    # -- driving the replica -----------------------------------------------------
+
+    def _on_message(self, sender: str, msg: dict) -> None:
+        assert self._loop is not None
+        self.replica.receive(self._loop.time(), sender, msg)
+        if not self.replica.is_member() or sender not in self._members:
+            self._follower_seen[sender] = self._loop.time()
+        self._kick()
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        self.replica.tick(now)
+        self._process()
+        self._retry(now)
+        self._expire_reads(now)
+        self._ticker = self._loop.call_later(TICK, self._tick)
+
+    def _kick(self) -> None:
+        if not self._kicked and self._loop is not None:
+            self._kicked = True
+            self._loop.call_soon(self._process)
+
+    def _process(self) -> None:
+        self._kicked = False
+        if self._closed:
+            return
+        r = self.replica
+        node = self.node
+        assert node is not None and self.hub is not None
+        for _ in range(1000):
+            if not r.has_ready():
+                break
+            rd = r.ready()
+            # Durable records go to disk before messages leave (the storage
+            # issue makes this real); in memory there is nothing to do.
+            for to, msg in rd.messages:
+                self.hub.send(to, msg)
+            for inst, batch in rd.decided:
+                props = [Proposal.from_wire(w) for w in batch]
+                node.apply_batch(props)
+                self.applied_instance = inst
+                size = 64 + sum(len(p.m.value) for p in props)
+                self._kept.append((inst, size))
+                self._kept_bytes += size
+                if self._cal_dirty:
+                    self._refresh_members()
+                r.set_membership(inst, self._members)
+                self._wake_reads(inst)
+            for rid, index in rd.read_states:
+                self._read_ready(rid, index)
+            for rid in rd.read_failed:
+                self._read_failed(rid)
+            if rd.need_snapshot:
+                self._fetch_snapshot(rd.need_snapshot)
+            for s in rd.suspects:
+                self._remove_member(s)
+            r.advance()
+        if self._nodes_dirty:
+            self._refresh_peers()
+        self._after_apply()
+
+    def _after_apply(self) -> None:
+        node = self.node
+        assert node is not None and self._loop is not None
+        if self._undecided:
+            done = node.origin_applied(node.incarnation)
+            for seq in [s for s in self._undecided if s <= done]:
+                del self._undecided[seq]
+                self._last_progress = self._loop.time()
+        leader = self.replica.leader
+        if leader != self._last_leader:
+            self._last_leader = leader
+            if leader is not None:
+                log.info("leader is %s%s", leader, " (this node)" if leader == self.node_id else "")
+                self._repropose()
+            for fn in self.on_change:
+                fn()
+        kept = self._kept
+        if len(kept) > 2 * KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES:
+            # Forget the oldest decided instances: down to half the budget.
+            upto = 0
+            while kept and (len(kept) > KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES // 2):
+                upto, size = kept.popleft()
+                self._kept_bytes -= size
+            if upto:
+                self.replica.compact(upto)
+
+    def _retry(self, now: float) -> None:
+        if self._undecided and now - self._last_progress > RETRY_AFTER:
+            self._last_progress = now
+            self._repropose()
+
+    def _repropose(self) -> None:
+        """Propose every undecided proposal again, in order. Duplicates and
+        overtaking proposals are skipped at apply time (node.apply_batch)."""
+        if self._undecided:
+            self.replica.propose([p.to_wire() for _, p in sorted(self._undecided.items())])
+            self._kick()
+
+    # -- linearizable reads ---------------------------------------------------
+
+    def _read_ready(self, rid: Any, index: int) -> None:
+        key = rid[1] if isinstance(rid, list) else rid
+        entry = self._reads.pop(key, None)
+        if entry is None:
+            return
+        done, _ = entry
+        if self.applied_instance >= index:
+            done(None)
+        else:
+            self._read_waiters.append((index, key, done))
+            self._reads[key] = entry  # keep its deadline
+
+    def _wake_reads(self, inst: int) -> None:
+        if not self._read_waiters:
+            return
+        keep = []
+        for index, key, done in self._read_waiters:
+            if index <= inst:
+                if self._reads.pop(key, None) is not None:
+                    done(None)
+            else:
+                keep.append((index, key, done))
+        self._read_waiters = keep
+
+    def _read_failed(self, rid: Any) -> None:
+        key = rid[1] if isinstance(rid, list) else rid
+        entry = self._reads.get(key)
+        if entry is None:
+            return
+        # Ask again (a leader may be elected meanwhile) until the deadline.
+        assert self._loop is not None
+        self._loop.call_later(0.05, self._reask, key)
+
+    def _reask(self, key: int) -> None:
+        if key in self._reads and not self._closed:
+            self.replica.read_index([self.node_id, key])
+            self._kick()
+
+    def _expire_reads(self, now: float) -> None:
+        if not self._reads:
+            return
+        for key, (done, deadline) in list(self._reads.items()):
+            if now >= deadline:
+                del self._reads[key]
+                done("no quorum confirmed the read in time")
+        if self._read_waiters:
+            self._read_waiters = [w for w in self._read_waiters if w[1] in self._reads]
+
+    # -- membership, peers, liveness -----------------------------------------
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.path.startswith("/ctl/cal/"):
+            self._cal_dirty = True
+        elif ev.path.startswith("/ctl/node/"):
+            self._nodes_dirty = True
+
+    def _refresh_members(self) -> None:
+        assert self.node is not None
+        self._cal_dirty = False
+        self._members = frozenset(v for v in self.node.members_by_slot().values() if v)
+
+    def _refresh_peers(self) -> None:
+        node = self.node
+        assert node is not None and self.hub is not None
+        self._nodes_dirty = False
+        addrs = {}
+        try:
+            ids = node.store.getdir("/ctl/node")
+        except DoozerError:
+            ids = []
+        for nid in ids:
+            if nid == self.node_id:
+                continue
+            try:
+                addr = node.store.get(f"/ctl/node/{nid}/addr")[0].decode()
+            except DoozerError:
+                continue
+            if addr:
+                addrs[nid] = addr
+        try:
+            self.hub.set_peers(addrs)
+        except ValueError as e:
+            log.warning("bad peer address in /ctl/node: %s", e)
+
+    def _remove_member(self, member: str) -> None:
+        """Leader: empty the slot of a member a quorum has not heard from."""
+        node = self.node
+        assert node is not None
+        if not self.replica.is_leader or member in self._removing:
+            return
+        for slot, who in node.members_by_slot().items():
+            if who == member:
+                path = f"/ctl/cal/{slot}"
+                _, rev = node.store.get(path)
+                log.warning("member %s not heard from by a quorum: emptying %s", member, path)
+                self._removing.add(member)
+
+                def done(applied: Any, why: str, member: str = member) -> None:
+                    self._removing.discard(member)
+
+                node.propose(Mutation(SET, path, rev, b""), done, None)
+
+    def check_followers(self, timeout: float) -> None:
+        """Leader: remove /ctl/node entries of followers silent for `timeout`."""
+        node = self.node
+        assert node is not None and self._loop is not None
+        if not self.replica.is_leader:
+            self._follower_seen.clear()
+            return
+        now = self._loop.time()
+        try:
+            ids = node.store.getdir("/ctl/node")
+        except DoozerError:
+            return
+        for nid in ids:
+            if nid == self.node_id or nid in self._members or nid in self._removing:
+                continue
+            seen = self._follower_seen.setdefault(nid, now)
+            if now - seen > timeout:
+                log.warning(
+                    "follower %s not heard from for %.0fs: removing its entries", nid, timeout
+                )
+                self._removing.add(nid)
+                for path, rev, _ in node.store.walk(f"/ctl/node/{nid}/**"):
+
+                    def done(applied: Any, why: str, nid: str = nid) -> None:
+                        self._removing.discard(nid)
+
+                    node.propose(Mutation(DEL, path, rev), done, None)
+
+    # -- catch-up by snapshot ---------------------------------------------------
+
+    def _fetch_snapshot(self, peer: str) -> None:
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        addr = self.hub.peers().get(peer) if self.hub is not None else None
+        if not addr:
+            return
+        self._snapshot_task = asyncio.ensure_future(self._install_from(addr))
+
+    async def _install_from(self, addr: str) -> None:
+        try:
+            snap = await fetch_snapshot(addr, self.secret)
+        except (OSError, ValueError, DoozerError, TimeoutError) as e:
+            log.warning("snapshot from %s failed: %s", addr, e)
+            return
+        self.install(snap)
+
+    def install(self, snap: dict) -> bool:
+        node = self.node
+        assert node is not None
+        meta = snap["meta"]
+        if meta.get("cluster_id") != self.cluster_id:
+            log.error("snapshot from another cluster refused")
+            return False
+        inst = int(meta["instance"])
+        if inst <= self.applied_instance:
+            return False
+        node.install_snapshot(snap)
+        self.replica.install_snapshot(inst, schedule_from_wire(meta["schedule"]))
+        self.applied_instance = inst
+        self._refresh_members()
+        self._refresh_peers()
+        log.info("installed a snapshot at instance %d (rev %d)", inst, node.store.rev)
+        self._kick()
+        return True
+
+
+# -- talking to a live node as a client (joining, snapshots) ----------------------
+
+
+async def request(
+    addr: str, reqs: list[dict], secret: bytes | None, timeout: float = 30.0
+) -> list[dict]:
+    """Send requests over one client connection; return their responses in order."""
+    host, _, port = addr.rpartition(":")
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host.strip("[]"), int(port), limit=JOIN_LINE_LIMIT), timeout
+    )
+    try:
+        out = []
+        if secret:
+            reqs = [{"verb": "ACCESS", "value": secret.decode()}, *reqs]
+        for i, r in enumerate(reqs):
+            writer.write(orjson.dumps({**r, "tag": i}) + b"\n")
+        await writer.drain()
+        got: dict[int, dict] = {}
+        while len(got) < len(reqs):
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            if not line:
+                raise ConnectionError(f"{addr} closed the connection")
+            resp = orjson.loads(line)
+            got[resp.get("tag", -1)] = resp
+        for i in range(len(reqs)):
+            resp = got[i]
+            if "err_code" in resp:
+                raise DoozerError(resp["err_code"], resp.get("err_detail", ""))
+            out.append(resp)
+        return out[1:] if secret else out
+    finally:
+        writer.close()
+
+
+async def fetch_snapshot(addr: str, secret: bytes | None) -> dict:
+    (resp,) = await request(addr, [{"verb": "SNAPSHOT", "stale": True}], secret, timeout=60)
+    return resp["snapshot"]
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    return Config(election_timeout=args.election_timeout, member_timeout=args.timeout)
+
+
+async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:
+    from doozer import serve as serve_mod
+    from doozer.server import Server
+
+    node_id = secrets.token_hex(8)
+    config = make_config(args)
+    if args.attach:
+        joined = await join_info(args, secret)
+        if joined is None:
+            return 2
+        info, snap = joined
+        cluster_id = info["id"]
+        store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
+        seq = ClusterSequencer(
+            node_id=node_id,
+            cluster_name=args.cluster,
+            cluster_id=cluster_id,
+            secret=secret,
+            config=config,
+            readonly=args.readonly,
+        )
+    else:
+        snap = None
+        cluster_id = secrets.token_hex(8)
+        store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
+        seq = ClusterSequencer(
+            node_id=node_id,
+            cluster_name=args.cluster,
+            cluster_id=cluster_id,
+            secret=secret,
+            config=config,
+            readonly=args.readonly,
+        )
+        seq.replica.bootstrap([node_id])
+    node = Node(
+        node_id=node_id,
+        store=store,
+        sequencer=seq,
+        readonly=args.readonly,
+        default_timeout=args.request_timeout,
+    )
+    server = Server(
+        node,
+        secret=secret,
+        max_line=args.max_line,
+        max_value=args.max_value,
+        peer_accept=seq.accept_peer,
+    )
+    try:
+        bound_host, bound_port = await server.start(host, port)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", args.listen, e)
+        return 1
+    node.addr = args.advertise or f"{bound_host}:{bound_port}"
+    if snap is not None:
+        seq.node = node  # install before the replica starts following
+        node.install_snapshot(snap)
+        meta = snap["meta"]
+        seq.replica.install_snapshot(int(meta["instance"]), schedule_from_wire(meta["schedule"]))
+        seq.applied_instance = int(meta["instance"])
+    node.start()
+    if args.mem:
+        log.warning(
+            "--mem: nothing is kept on disk; a member's data survives only while a quorum stays up"
+        )
+    else:
+        log.warning(
+            "durability is not implemented yet: %s is not used; data lives in memory", args.data_dir
+        )
+    if snap is None:
+        await serve_mod.write_initial_ctl(node, args.cluster, args.cals)
+        log.info(
+            "node %s listening on %s: new cluster %r (%d slots)",
+            node_id,
+            node.addr,
+            args.cluster,
+            args.cals,
+        )
+    else:
+        log.info(
+            "node %s listening on %s: joined cluster %r at rev %d",
+            node_id,
+            node.addr,
+            args.cluster,
+            node.store.rev,
+        )
+        await write_node_entries(node)
+    try:
+        web = await serve_mod.start_web(args, node, secret)
+    except OSError as e:
+        log.error("%s", e)
+        await serve_mod.shutdown(server, node, None)
+        return 1
+    tasks = [asyncio.ensure_future(housekeeping(node, seq, args))]
+    code = await serve_mod.wait_for_signal()
+    log.info("shutting down")
+    for t in tasks:
+        t.cancel()
+    if seq.replica.is_leader:
+        to = seq.transfer_leadership()
+        if to:
+            await wait_until(lambda: not seq.replica.is_leader, 1.0)
+            log.info("handed leadership to %s", to)
+    await serve_mod.shutdown(server, node, web)
+    return code
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dict, dict] | None:
+    """Ask the -a peers (in turn, with backoff) for the cluster and a snapshot."""
+    delay = 0.2
+    attempt = 0
+    while True:
+        for addr in args.attach:
+            try:
+                info, snap = await request(
+                    addr, [{"verb": "CLUSTER"}, {"verb": "SNAPSHOT", "stale": True}], secret, 60
+                )
+            except (OSError, ValueError, TimeoutError, DoozerError) as e:
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning("cannot join through %s: %s; retrying", addr, e or type(e).__name__)
+                continue
+            if info["name"] != args.cluster:
+                log.error(
+                    "%s belongs to cluster %r, not %r (-c); refusing to join",
+                    addr,
+                    info["name"],
+                    args.cluster,
+                )
+                return None
+            if not info.get("id"):
+                log.error("%s is not running a cluster that can be joined", addr)
+                return None
+            return info, snap["snapshot"]
+        attempt += 1
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def propose_wait(node: Node, m: Mutation, timeout: float = 10.0) -> Any:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def done(applied: Any, why: str) -> None:
+        if not fut.done():
+            fut.set_result((applied, why))
+
+    node.propose(m, done, timeout)
+    return await fut
+
+
+async def write_node_entries(node: Node) -> None:
+    """This node's /ctl/node/<id>/* entries, retried until they land."""
+    entries = {
+        "addr": node.addr.encode(),
+        "hostname": socket.gethostname().encode(),
+        "version": __version__.encode(),
+    }
+    for name, value in entries.items():
+        path = f"/ctl/node/{node.node_id}/{name}"
+        for _ in range(1000):
+            if node.closing:
+                return
+            applied, why = await propose_wait(node, Mutation(SET, path, -1, value))
+            if applied is not None:
+                break
+            log.info("writing %s: %s; retrying", path, why)
+            await asyncio.sleep(0.2)
+
+
+async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespace) -> None:
+    """Slow loops: claim an empty slot, keep our /ctl/node entries, remove
+    silent followers."""
+    claiming = False
+    while not node.closing:
+        await asyncio.sleep(0.2)
+        try:
+            if seq.replica.is_leader:
+                seq.check_followers(args.timeout)
+            # our entries were removed (we were silent too long): write them again
+            _, rev = node.store.get(f"/ctl/node/{node.node_id}/addr")
+            if rev == 0 and seq.replica.leader is not None:
+                await write_node_entries(node)
+            if args.readonly or claiming or node.node_id in seq._members:
+                continue
+            for slot, who in sorted(node.members_by_slot().items()):
+                if who:
+                    continue
+                path = f"/ctl/cal/{slot}"
+                _, frev = node.store.get(path)
+                claiming = True
+                try:
+                    applied, _why = await propose_wait(
+                        node, Mutation(SET, path, frev, node.node_id.encode())
+                    )
+                finally:
+                    claiming = False
+                if applied is not None and applied.err is None:
+                    log.info("claimed %s: now a consensus member", path)
+                break
+        except DoozerError:
+            continue
