@@ -12,7 +12,11 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from doozer import version
 
-    p = argparse.ArgumentParser(prog="doozer", description="doozer coordination store")
+    p = argparse.ArgumentParser(
+        prog="doozer",
+        description="doozer coordination store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=version.describe())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

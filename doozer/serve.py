@@ -159,10 +159,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from doozer import runtime
 
-    return runtime.run_loop(_serve(args, host, port, secret))
+    try:
+        return runtime.run_loop(_serve(args, host, port, secret))
+    finally:
+        # a signal arriving while the loop winds down must not kill us
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:
+    install_signal_handlers()
     if not args.single:
         from doozer import cluster
 
@@ -244,14 +250,25 @@ async def start_web(args: argparse.Namespace, node: Node, secret: bytes | None):
     return await web.start(args.web or DEFAULT_WEB, node, secret, explicit=args.web is not None)
 
 
-async def wait_for_signal() -> int:
+_stop: asyncio.Event | None = None
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGINT ask for a graceful stop. Installed before listening and
+    never removed: in the frozen binary a group signal arrives twice (directly
+    and forwarded by the bootloaders), and the repeat must not kill us."""
+    global _stop
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    _stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+        loop.add_signal_handler(sig, _stop.set)
+
+
+async def wait_for_signal() -> int:
+    if _stop is None:
+        install_signal_handlers()
+    assert _stop is not None
+    await _stop.wait()
     return 0
 
 
