@@ -1,0 +1,27 @@
+"""Tunables of a replica. Every member of one cluster must use the same alpha."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    election_timeout: float = 1.0  # s; each wait is randomised to [1, 2) times this
+    heartbeat_interval: float = 0.0  # s; 0 means election_timeout / 5
+    alpha: int = 32  # membership lag and pipeline window, in instances
+    max_batch_items: int = 1024
+    max_batch_bytes: int = 1 << 20  # a single larger item still goes alone
+    fetch_max_bytes: int = 4 << 20  # per entries/promise reply (at least one entry)
+    member_timeout: float = 60.0  # s; --timeout
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0:
+            object.__setattr__(self, "heartbeat_interval", self.election_timeout / 5)
+        if self.alpha < 1:
+            raise ValueError("alpha must be >= 1")
+
+    @property
+    def ping_interval(self) -> float:
+        """How often members ping each other for liveness."""
+        return max(self.heartbeat_interval, self.member_timeout / 20)

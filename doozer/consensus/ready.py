@@ -1,0 +1,36 @@
+"""The one hand-off from the replica to its host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Ready:
+    # Make these durable (DurableState.apply, in order) BEFORE sending `messages`.
+    persist: list[list] = field(default_factory=list)
+    # (to, msg): JSON-able dicts for peers.
+    messages: list[tuple[str, dict]] = field(default_factory=list)
+    # (instance, batch): contiguous, in order, each exactly once; apply in this order,
+    # calling Replica.set_membership after each.
+    decided: list[tuple[int, list]] = field(default_factory=list)
+    # (req_id, index): serve the read once the state machine has applied `index`.
+    read_states: list[tuple[Any, int]] = field(default_factory=list)
+    # req_ids that cannot be served (no leader, leadership lost): retry or fail.
+    read_failed: list[Any] = field(default_factory=list)
+    # A peer told us we are behind its compacted log: fetch a snapshot from it.
+    need_snapshot: str | None = None
+    # (leader only) members a quorum of members has not heard from for member_timeout.
+    suspects: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.persist
+            or self.messages
+            or self.decided
+            or self.read_states
+            or self.read_failed
+            or self.need_snapshot
+            or self.suspects
+        )

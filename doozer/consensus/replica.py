@@ -1,0 +1,1248 @@
+"""One consensus node: acceptor, proposer/leader and learner of Multi-Paxos, as a pure object.
+
+Driven like etcd's raft RawNode: the host feeds `tick`, `receive`, `propose`,
+`read_index`, `set_membership`; then drains `ready()` (persist, then send, then
+apply) and calls `advance()`. No sockets, clocks, disks or global randomness.
+
+Protocol outline (see messages.py for the wire catalogue):
+- A leader runs phase 1 once, with ballot (round, id), for every instance from its
+  first undecided one; promises carry what each acceptor accepted above its own
+  contiguous decided point `d`. Instances <= max(d) are decided: the leader fetches
+  them. Instances up to the highest one reported are re-proposed with the value of
+  the highest ballot, or a no-op (empty batch); then fresh batches, pipelined
+  within `alpha` instances of what the host has applied.
+- Quorums are majorities of the member set governing each instance; phase 1 (and a
+  read index, check-quorum, pre-vote) need a majority of every distinct set in the
+  range they cover. The set after applying i governs i + alpha, so the leader never
+  proposes past applied + alpha and every node agrees on every instance's quorum.
+- Learners: an acceptor that accepted (i, b, v) and hears from the leader of ballot
+  b that i is decided knows v (the leader of b never proposes two values for one
+  instance, and only counts instances it decided itself or was told were decided
+  before it proposed there). Anything else is fetched; non-members register with
+  the leader by fetching and get decided batches pushed to them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from . import messages as M
+from .acceptor import report, size_of
+from .ballot import ZERO, Ballot, ballot_of, wire
+from .config import Config
+from .durable import DurableState
+from .membership import (
+    Schedule,
+    has_quorums,
+    majority,
+    members_at,
+    schedule_to_wire,
+    sets_between,
+)
+from .ready import Ready
+
+FOLLOWER = "follower"
+PRECANDIDATE = "precandidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+_NEVER = -math.inf
+
+
+class _Report:
+    """One acceptor's answer to our phase 1."""
+
+    __slots__ = ("d", "done", "entries", "next")
+
+    def __init__(self) -> None:
+        self.d = -1
+        self.entries: dict[int, tuple[Ballot, list]] = {}
+        self.done = False
+        self.next: int | None = None
+
+
+class _Round:
+    """A ballot we are trying to lead, or lead."""
+
+    __slots__ = (
+        "ballot",
+        "best",
+        "blist",
+        "deadline",
+        "max_d",
+        "max_rep",
+        "next_resend",
+        "prep_sent",
+        "reports",
+        "start",
+    )
+
+    def __init__(self, ballot: Ballot, start: int) -> None:
+        self.ballot = ballot
+        self.blist = wire(ballot)
+        self.start = start
+        self.reports: dict[str, _Report] = {}
+        self.prep_sent: dict[str, float] = {}
+        self.max_d = start - 1  # every instance <= max_d is decided
+        self.max_rep = start - 1  # highest instance any acceptor reported
+        self.best: str | None = None  # who reported max_d
+        self.deadline = 0.0
+        self.next_resend = 0.0
+
+    def done_nodes(self) -> set[str]:
+        return {x for x, r in self.reports.items() if r.done}
+
+
+class _Proposal:
+    __slots__ = ("acks", "sent", "value")
+
+    def __init__(self, value: list, now: float) -> None:
+        self.value = value
+        self.acks: set[str] = set()
+        self.sent = now
+
+
+class _Lead:
+    """Volatile state of a leader."""
+
+    __slots__ = (
+        "ack_time",
+        "acked",
+        "learners",
+        "next",
+        "next_hb",
+        "peer_commit",
+        "props",
+        "reads",
+        "reads_waiting",
+        "reports",
+        "round",
+        "sent_commit",
+        "since",
+        "suspect_set",
+        "suspected",
+        "transfer_until",
+    )
+
+    def __init__(self, now: float, next_instance: int, commit: int) -> None:
+        self.props: dict[int, _Proposal] = {}
+        self.next = next_instance
+        self.round = 0
+        self.acked: dict[str, int] = {}  # highest heartbeat round each member answered
+        self.ack_time: dict[str, float] = {}
+        self.peer_commit: dict[str, int] = {}
+        self.reports: dict[str, tuple[float, list]] = {}  # suspicions members sent us
+        self.suspected: dict[str, float] = {}
+        self.suspect_set: frozenset[str] | None = None
+        self.next_hb = now
+        self.since = now
+        self.reads_waiting: list[tuple[Any, str | None]] = []
+        self.reads: list[tuple[int, int, Any, str | None]] = []  # (round, index, req, origin)
+        self.sent_commit = commit
+        self.learners: dict[str, list] = {}  # node -> [next instance, last fetch time]
+        self.transfer_until = _NEVER
+
+
+class Replica:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        config: Config | None = None,
+        rng: random.Random,
+        durable: DurableState | None = None,
+        applied: int | None = None,
+    ) -> None:
+        """A replica, fresh or rebuilt from the DurableState its host saved.
+
+        `applied`: the instance the host's state machine already reflects (its
+        snapshot); decided instances after it are handed out again in `ready()`.
+        Defaults to the compaction base.
+        """
+        self.id = node_id
+        self.cfg = config or Config()
+        self.rng = rng
+        self.ds = durable.copy() if durable is not None else DurableState()
+        ds = self.ds
+        self.commit = ds.base
+        while self.commit + 1 in ds.decided:
+            self.commit += 1
+        self.max_decided = max(ds.decided, default=self.commit)
+        a = ds.base if applied is None else max(ds.base, min(applied, self.commit))
+        self.applied = a
+        self.emitted = a
+        self.role = FOLLOWER
+        self.leader: str | None = None
+        self.leader_ballot: Ballot = ZERO
+        self.max_round = ds.promised[0]
+        self.now = 0.0
+        self.started: float | None = None
+        self.election_at = math.inf
+        self.last_leader_contact = _NEVER
+        self.heard: dict[str, float] = {}
+        self.seen_commit = self.commit
+        self.infer: tuple[Ballot, int] = (ZERO, 0)  # (leader ballot, its commit)
+        self.fetch_until = _NEVER
+        self.next_ping = _NEVER
+        self.next_keepalive = _NEVER
+        self.rnd: _Round | None = None
+        self.ld: _Lead | None = None
+        self.pv: tuple[int, set[str], float] | None = None  # pre-vote: (id, votes, deadline)
+        self.queue: deque[tuple[Any, int]] = deque()  # leader: (item, size)
+        self.orphans: list[Any] = []  # items queued when we lost leadership
+        self.fwd_buf: list[Any] = []
+        self.fwd_reads: dict[Any, tuple[str, float]] = {}
+        self.peer_commit: dict[str, int] = {}  # what peers told us they have decided
+        self._sizes: dict[int, int] = {}
+        self._boot = False
+        self.bad_messages = 0
+        # outboxes
+        self._persist: list[list] = []
+        self._msgs: list[tuple[str, dict]] = []
+        self._read_states: list[tuple[Any, int]] = []
+        self._read_failed: list[Any] = []
+        self._need_snapshot: str | None = None
+        self._suspects: list[str] = []
+        self._handlers = {
+            M.PREPARE: self._on_prepare,
+            M.PROMISE: self._on_promise,
+            M.REJECT: self._on_reject,
+            M.ACCEPT: self._on_accept,
+            M.ACCEPTED: self._on_accepted,
+            M.COMMIT: self._on_commit,
+            M.HEARTBEAT: self._on_heartbeat,
+            M.HEARTBEAT_OK: self._on_heartbeat_ok,
+            M.PREVOTE: self._on_prevote,
+            M.PREVOTE_OK: self._on_prevote_ok,
+            M.PING: self._on_ping,
+            M.FORWARD: self._on_forward,
+            M.READ: self._on_read,
+            M.READ_OK: self._on_read_ok,
+            M.READ_FAIL: self._on_read_fail,
+            M.FETCH: self._on_fetch,
+            M.ENTRIES: self._on_entries,
+            M.SNAPSHOT: self._on_snapshot,
+            M.TIMEOUT_NOW: self._on_timeout_now,
+        }
+
+    # ------------------------------------------------------------------ inputs
+
+    def bootstrap(self, members: Iterable[str]) -> None:
+        """Start a brand-new cluster whose first instances are governed by `members`."""
+        if self.ds.schedule or self.commit:
+            raise RuntimeError("bootstrap: this replica already has state")
+        self._record(["m", 1, sorted(members)])
+        self._boot = True
+        if self.started is not None:
+            self.election_at = self.now
+
+    def tick(self, now: float) -> None:
+        self._time(now)
+        role = self.role
+        if role == LEADER:
+            ld = self.ld
+            assert ld is not None
+            if now >= ld.next_hb:
+                self._heartbeat()
+        elif role == CANDIDATE:
+            rnd = self.rnd
+            assert rnd is not None
+            if now >= rnd.deadline:
+                self._back_off()
+            elif now >= rnd.next_resend:
+                rnd.next_resend = now + self.cfg.heartbeat_interval
+                done = rnd.done_nodes()
+                for x in self._targets(rnd.start):
+                    if x not in done:
+                        self._send_prepare(x)
+        elif role == PRECANDIDATE:
+            assert self.pv is not None
+            if now >= self.pv[2]:
+                self._back_off()
+        elif now >= self.election_at:
+            if self._eligible():
+                self._start_prevote()
+            else:
+                self.election_at = now + self._rand_timeout()
+        if self.role != LEADER:
+            if self._eligible():
+                self._maybe_fetch()
+            elif now >= self.next_keepalive:
+                self._keepalive()
+        if now >= self.next_ping:
+            self._ping()
+        if self.fwd_reads:
+            old = [r for r, (_, t) in self.fwd_reads.items() if now - t > 10 * self._et()]
+            for r in old:
+                del self.fwd_reads[r]
+                self._read_failed.append(r)
+
+    def receive(self, now: float, sender: str, msg: dict) -> None:
+        self._time(now)
+        self.heard[sender] = now
+        h = self._handlers.get(msg.get("t"))  # type: ignore[arg-type]
+        if h is None:
+            self.bad_messages += 1
+            return
+        try:
+            h(sender, msg)
+        except (KeyError, TypeError, IndexError, ValueError):
+            self.bad_messages += 1
+
+    def propose(self, items: list) -> None:
+        """Queue items (opaque, JSON-able) for the log. A non-leader forwards them to the
+        leader it knows, or drops them if it knows none (the host retries)."""
+        if self.role == LEADER:
+            self._enqueue(items)
+        elif self.leader is not None and self.leader != self.id:
+            self.fwd_buf.extend(items)
+
+    def read_index(self, req_id: Any) -> None:
+        """Ask for a read index (req_id: JSON-able, unique per node). The answer comes in
+        Ready.read_states or Ready.read_failed."""
+        if self.role == LEADER:
+            assert self.ld is not None
+            self.ld.reads_waiting.append((req_id, None))
+        elif self.leader is not None and self.leader != self.id:
+            self.fwd_reads[req_id] = (self.leader, self.now)
+            self._send(self.leader, {"t": M.READ, "id": req_id})
+        else:
+            self._read_failed.append(req_id)
+
+    def set_membership(self, after_instance: int, members: Iterable[str]) -> None:
+        """The host applied instance `after_instance` (call it after every applied instance,
+        in order) and its state machine's member set is now `members`. That set governs
+        instances from after_instance + alpha on, on every node."""
+        if after_instance > self.applied:
+            self.applied = after_instance
+        if after_instance < self.ds.base:
+            return
+        ms = members if isinstance(members, frozenset) else frozenset(members)
+        first = after_instance + self.cfg.alpha
+        if members_at(self.ds.schedule, first) != ms:
+            self._record(["m", first, sorted(ms)])
+            for x in sorted(ms):
+                self.heard.setdefault(x, self.now)
+
+    def install_snapshot(self, instance: int, schedule: Schedule) -> bool:
+        """The host replaced its state machine with a snapshot taken at `instance` on a
+        peer; `schedule` is that peer's `membership_schedule(instance)`."""
+        if instance < self.applied or (instance == self.applied and self.ds.schedule):
+            return False
+        self._record(["s", instance, schedule_to_wire(schedule)])
+        self.commit = max(self.commit, instance)
+        while self.commit + 1 in self.ds.decided:
+            self.commit += 1
+        self.max_decided = max(self.max_decided, self.commit)
+        self.applied = self.emitted = instance
+        self.seen_commit = max(self.seen_commit, self.commit)
+        self._sizes = {i: s for i, s in self._sizes.items() if i > instance}
+        self._need_snapshot = None
+        self.fetch_until = _NEVER
+        self.next_keepalive = _NEVER
+        for ms in sets_between(self.ds.schedule, instance + 1, instance + self.cfg.alpha):
+            for x in sorted(ms):
+                self.heard.setdefault(x, self.now)
+        return True
+
+    def membership_schedule(self, instance: int) -> Schedule:
+        """Member sets governing instances after `instance` (for a snapshot taken there)."""
+        out: Schedule = []
+        for first, ms in self.ds.schedule:
+            if first <= instance + 1:
+                out = [(first, ms)]
+            elif first <= instance + self.cfg.alpha:
+                out.append((first, ms))
+        return out
+
+    def compact(self, upto: int) -> None:
+        """The host holds a durable snapshot covering instances <= upto: forget them."""
+        upto = min(upto, self.applied)
+        if upto <= self.ds.base:
+            return
+        self._record(["c", upto])
+        self._sizes = {i: s for i, s in self._sizes.items() if i > upto}
+
+    def transfer_leadership(self) -> str | None:
+        """Leader only: make the most up-to-date live member elect itself now. Returns it."""
+        if self.role != LEADER:
+            return None
+        ld = self.ld
+        rnd = self.rnd
+        assert ld is not None and rnd is not None
+        newest = self._newest() or frozenset()
+        et = self._et()
+        live = [x for x in sorted(newest) if x != self.id and self.now - ld.ack_time.get(x, _NEVER) < et]
+        if not live:
+            return None
+        best = max(ld.peer_commit.get(x, -1) for x in live)
+        x = self.rng.choice([x for x in live if ld.peer_commit.get(x, -1) == best])
+        self._send(x, {"t": M.TIMEOUT_NOW, "b": rnd.blist})
+        ld.transfer_until = self.now + et
+        return x
+
+    def campaign(self) -> bool:
+        """Start phase 1 now, skipping the pre-vote (as a leader transfer does). Safe at
+        any time; used by tests to provoke duelling leaders. False if not a member."""
+        if not self._eligible():
+            return False
+        self._start_phase1()
+        return True
+
+    # ------------------------------------------------------------------ output
+
+    def has_ready(self) -> bool:
+        self._pump()
+        return bool(
+            self._persist
+            or self._msgs
+            or self.emitted < self.commit
+            or self._read_states
+            or self._read_failed
+            or self._need_snapshot
+            or self._suspects
+        )
+
+    def ready(self) -> Ready:
+        self._pump()
+        decided = []
+        while self.emitted < self.commit:
+            i = self.emitted + 1
+            decided.append((i, self.ds.decided[i]))
+            self.emitted = i
+        rd = Ready(
+            self._persist,
+            self._msgs,
+            decided,
+            self._read_states,
+            self._read_failed,
+            self._need_snapshot,
+            self._suspects,
+        )
+        self._persist = []
+        self._msgs = []
+        self._read_states = []
+        self._read_failed = []
+        self._need_snapshot = None
+        self._suspects = []
+        return rd
+
+    def advance(self) -> None:
+        """The host has persisted, sent and applied the last Ready. (Outputs are handed
+        over by `ready()`; this marks the step for hosts written against RawNode.)"""
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == LEADER
+
+    def members(self) -> frozenset[str]:
+        """The newest member set known (governing applied + alpha)."""
+        return self._newest() or frozenset()
+
+    def is_member(self) -> bool:
+        return self._eligible()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _time(self, now: float) -> None:
+        if self.started is None:
+            self.started = now
+            self.now = now
+            self.election_at = now if self._boot else now + self._rand_timeout()
+            self.next_ping = now
+            self.next_keepalive = now
+        elif now > self.now:
+            self.now = now
+
+    def _et(self) -> float:
+        return self.cfg.election_timeout
+
+    def _rand_timeout(self) -> float:
+        return self.cfg.election_timeout * (1.0 + self.rng.random())
+
+    def _record(self, rec: list) -> None:
+        self.ds.apply(rec)
+        self._persist.append(rec)
+
+    def _send(self, to: str, msg: dict) -> None:
+        if to != self.id:
+            self._msgs.append((to, msg))
+
+    def _known_hi(self) -> int:
+        return self.applied + self.cfg.alpha
+
+    def _newest(self) -> frozenset[str] | None:
+        return members_at(self.ds.schedule, self._known_hi())
+
+    def _eligible(self) -> bool:
+        ms = self._newest()
+        return ms is not None and self.id in ms
+
+    def _sets(self, lo: int) -> list[frozenset[str]]:
+        return sets_between(self.ds.schedule, lo, max(lo, self._known_hi()))
+
+    def _targets(self, lo: int) -> list[str]:
+        """Every member of a set governing [lo, applied + alpha], but us (sorted, so a
+        simulation replays exactly whatever the hash seed)."""
+        out: set[str] = set()
+        for ms in self._sets(lo):
+            out |= ms
+        out.discard(self.id)
+        return sorted(out)
+
+    def _size(self, i: int) -> int:
+        s = self._sizes.get(i)
+        if s is None:
+            s = self._sizes[i] = size_of(self.ds.decided[i])
+        return s
+
+    def _enqueue(self, items: Iterable[Any]) -> None:
+        q = self.queue
+        for it in items:
+            q.append((it, size_of(it)))
+
+    # ------------------------------------------------------------------ learning
+
+    def _learn(self, i: int, v: list) -> None:
+        ds = self.ds
+        if i <= ds.base or i in ds.decided:
+            return
+        acc = ds.accepted.get(i)
+        if acc is not None and acc[1] is v:
+            self._record(["d", i])
+        else:
+            self._record(["d", i, v])
+        if i > self.max_decided:
+            self.max_decided = i
+        c = self.commit
+        while c + 1 in ds.decided:
+            c += 1
+        self.commit = c
+        if c > self.seen_commit:
+            self.seen_commit = c
+
+    def _learn_commit(self, b: Ballot, c: int) -> None:
+        """The leader of ballot b says every instance <= c is decided."""
+        if self.leader is not None and b == self.leader_ballot:
+            self._note(self.leader, c)
+        if b >= self.infer[0]:
+            self.infer = (b, max(c, self.infer[1]) if b == self.infer[0] else c)
+        b, c = self.infer
+        acc_map = self.ds.accepted
+        while self.commit < c:
+            i = self.commit + 1
+            acc = acc_map.get(i)
+            if acc is None or acc[0] != b:
+                break
+            self._learn(i, acc[1])
+        if self.commit < self.seen_commit and self.role != LEADER:
+            self._maybe_fetch()
+
+    def _maybe_fetch(self) -> None:
+        if self.commit >= self.seen_commit or self.now < self.fetch_until:
+            return
+        to = None
+        known = self.peer_commit
+        if self.role == LEADER:
+            to = self.rnd.best if self.rnd is not None else None
+        elif self.leader is not None and known.get(self.leader, self.seen_commit) > self.commit:
+            to = self.leader
+        if to is None or to == self.id:
+            ahead = [(c, x) for x, c in sorted(known.items()) if c > self.commit and x != self.id]
+            if ahead:
+                to = max(ahead)[1]
+            else:
+                peers = self._targets(self.commit + 1)
+                if not peers:
+                    return
+                to = self.rng.choice(peers)
+        self._fetch(to)
+
+    def _note(self, x: str, c: int) -> None:
+        """Peer x has decided everything up to c."""
+        if c > self.peer_commit.get(x, -1):
+            self.peer_commit[x] = c
+        if c > self.seen_commit:
+            self.seen_commit = c
+
+    def _fetch(self, to: str) -> None:
+        self.fetch_until = self.now + 2 * self.cfg.heartbeat_interval
+        self._send(to, {"t": M.FETCH, "s": self.commit + 1})
+
+    def _keepalive(self) -> None:
+        """Non-members: (re)register with the leader as a learner and catch up."""
+        self.next_keepalive = self.now + self._et()
+        to = self.leader if self.leader not in (None, self.id) else None
+        if to is None:
+            ms = self._newest()
+            peers = sorted(ms - {self.id}) if ms else []
+            if not peers:
+                return
+            to = self.rng.choice(peers)
+        self._fetch(to)
+
+    def _entries_from(self, s: int) -> tuple[list, int]:
+        out = []
+        size = 0
+        i = s
+        dec = self.ds.decided
+        limit = self.cfg.fetch_max_bytes
+        while i in dec:
+            sz = self._size(i)
+            if out and size + sz > limit:
+                break
+            out.append(dec[i])
+            size += sz
+            i += 1
+        return out, i
+
+    # ------------------------------------------------------------------ roles
+
+    def _back_off(self) -> None:
+        self.role = FOLLOWER
+        self.rnd = None
+        self.pv = None
+        self.election_at = self.now + self._rand_timeout()
+
+    def _step_down(self) -> None:
+        if self.role == LEADER:
+            ld = self.ld
+            assert ld is not None
+            for req, origin in ld.reads_waiting:
+                self._fail_read(req, origin)
+            for _, _, req, origin in ld.reads:
+                self._fail_read(req, origin)
+            self.orphans.extend(it for it, _ in self.queue)
+            self.queue.clear()
+        if self.leader == self.id:
+            self.leader = None
+        self._back_off()
+        self.ld = None
+
+    def _fail_read(self, req: Any, origin: str | None) -> None:
+        if origin is None:
+            self._read_failed.append(req)
+        else:
+            self._send(origin, {"t": M.READ_FAIL, "id": req})
+
+    def _saw_ballot(self, b: Ballot) -> None:
+        """Someone holds ballot b: yield if we lead or campaign with a lower one."""
+        if b[0] > self.max_round:
+            self.max_round = b[0]
+        if self.role in (LEADER, CANDIDATE):
+            assert self.rnd is not None
+            if self.rnd.ballot < b:
+                self._step_down()
+        elif self.role == PRECANDIDATE:
+            self._back_off()
+
+    def _saw_leader(self, x: str, b: Ballot) -> None:
+        """A valid message from the leader of ballot b."""
+        self._saw_ballot(b)
+        if b >= self.leader_ballot:
+            if self.leader != x:
+                self.leader = x
+                self._leader_changed()
+            self.leader_ballot = b
+        if self.leader == x:
+            self.last_leader_contact = self.now
+            if self.role == FOLLOWER:
+                self.election_at = self.now + self._rand_timeout()
+
+    def _leader_changed(self) -> None:
+        lead = self.leader
+        if self.fwd_reads:
+            stale = [r for r, (to, _) in self.fwd_reads.items() if to != lead]
+            for r in stale:
+                del self.fwd_reads[r]
+                self._read_failed.append(r)
+        if self.orphans and lead is not None and lead != self.id:
+            self.fwd_buf.extend(self.orphans)
+            self.orphans = []
+
+    def _start_prevote(self) -> None:
+        r = self.max_round + 1
+        votes = {self.id}
+        self.role = PRECANDIDATE
+        self.pv = (r, votes, self.now + self._rand_timeout())
+        msg = {"t": M.PREVOTE, "r": r, "d": self.commit}
+        for x in self._targets(self.commit + 1):
+            self._send(x, msg)
+        self._check_prevote()
+
+    def _check_prevote(self) -> None:
+        if self.role == PRECANDIDATE and self.pv is not None:
+            if has_quorums(self.pv[1], self._sets(self.commit + 1)):
+                self._start_phase1()
+
+    def _start_phase1(self) -> None:
+        b: Ballot = (max(self.max_round, self.ds.promised[0]) + 1, self.id)
+        self.max_round = b[0]
+        self.pv = None
+        self._record(["p", wire(b)])
+        if self.leader == self.id:
+            self.leader = None
+        rnd = _Round(b, self.commit + 1)
+        self.role = CANDIDATE
+        self.rnd = rnd
+        rnd.deadline = self.now + self._rand_timeout()
+        rnd.next_resend = self.now + self.cfg.heartbeat_interval
+        entries, _ = report(self.ds, self.commit, self.max_decided, rnd.start, None)
+        self._add_report(self.id, self.commit, entries, None)
+        for x in self._targets(rnd.start):
+            self._send_prepare(x)
+        self._check_phase1()
+
+    def _send_prepare(self, x: str) -> None:
+        rnd = self.rnd
+        assert rnd is not None
+        rep = rnd.reports.get(x)
+        s = rep.next if rep is not None and rep.next is not None else rnd.start
+        rnd.prep_sent[x] = self.now
+        self._send(x, {"t": M.PREPARE, "b": rnd.blist, "s": s})
+
+    def _add_report(self, x: str, d: int, entries: list, nxt: int | None) -> None:
+        rnd = self.rnd
+        assert rnd is not None
+        rep = rnd.reports.get(x)
+        if rep is None:
+            rep = rnd.reports[x] = _Report()
+        if d > rep.d:
+            rep.d = d
+        if d > rnd.max_d:
+            rnd.max_d = d
+            rnd.best = x
+        self._note(x, d)
+        props = self.ld.props if self.ld is not None else None
+        for i, bw, v in entries:
+            if i > rnd.max_rep:
+                rnd.max_rep = i
+            if bw is None:
+                if props is None or i not in props:
+                    self._learn(i, v)
+            else:
+                rep.entries[i] = (ballot_of(bw), v)
+        rep.next = nxt
+        if nxt is None:
+            rep.done = True
+
+    def _check_phase1(self) -> None:
+        rnd = self.rnd
+        if self.role != CANDIDATE or rnd is None:
+            return
+        if has_quorums(rnd.done_nodes(), self._sets(rnd.start)):
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        rnd = self.rnd
+        assert rnd is not None
+        self.role = LEADER
+        self.leader = self.id
+        self.leader_ballot = rnd.ballot
+        self._leader_changed()
+        ld = self.ld = _Lead(self.now, max(self.commit, rnd.max_d) + 1, self.commit)
+        for x in self.heard:
+            ld.ack_time[x] = self.now  # grace before check-quorum counts them
+        if self.orphans or self.fwd_buf:
+            self._enqueue(self.orphans)
+            self._enqueue(self.fwd_buf)
+            self.orphans = []
+            self.fwd_buf = []
+        self._heartbeat()
+        self._pump()
+
+    # ------------------------------------------------------------------ leader
+
+    def _p1_ok(self, ms: frozenset[str]) -> bool:
+        rnd = self.rnd
+        assert rnd is not None
+        n = 0
+        for x in sorted(ms):
+            r = rnd.reports.get(x)
+            if r is not None and r.done:
+                n += 1
+        return n >= majority(ms)
+
+    def _choose(self, j: int) -> list:
+        rnd = self.rnd
+        assert rnd is not None
+        best: tuple[Ballot, list] | None = None
+        for rep in rnd.reports.values():
+            e = rep.entries.get(j)
+            if e is not None and (best is None or e[0] > best[0]):
+                best = e
+        return best[1] if best is not None else []
+
+    def _take_batch(self) -> list:
+        q = self.queue
+        cfg = self.cfg
+        batch: list = []
+        size = 0
+        while q and len(batch) < cfg.max_batch_items:
+            it, s = q[0]
+            if batch and size + s > cfg.max_batch_bytes:
+                break
+            q.popleft()
+            batch.append(it)
+            size += s
+        return batch
+
+    def _pump(self) -> None:
+        """Leader: start what instances we can; everyone: flush forwards."""
+        if self.fwd_buf:
+            self._flush_forwards()
+        if self.role != LEADER:
+            return
+        ld, rnd = self.ld, self.rnd
+        assert ld is not None and rnd is not None
+        if not self._eligible():
+            self._resign()
+            return
+        if self.now < ld.transfer_until:
+            return
+        if ld.next <= rnd.max_d:
+            ld.next = rnd.max_d + 1
+        if self.commit < rnd.max_d:
+            self._maybe_fetch()
+        limit = self._known_hi()
+        rec_end = rnd.max_rep
+        ds = self.ds
+        while ld.next <= limit:
+            j = ld.next
+            if j <= ds.base or j in ds.decided:
+                ld.next = j + 1
+                continue
+            ms = members_at(ds.schedule, j)
+            if ms is None:
+                break
+            if not self._p1_ok(ms):
+                for x in sorted(ms):
+                    r = rnd.reports.get(x)
+                    if (r is None or not r.done) and self.now - rnd.prep_sent.get(
+                        x, _NEVER
+                    ) >= self.cfg.heartbeat_interval:
+                        self._send_prepare(x)
+                break
+            if j <= rec_end:
+                v = self._choose(j)
+            elif self.queue:
+                v = self._take_batch()
+            else:
+                break
+            self._start_instance(j, v, ms)
+            ld.next = j + 1
+            if self.role != LEADER:
+                return
+        if self.commit > ld.sent_commit:
+            ld.sent_commit = self.commit
+            msg = {"t": M.COMMIT, "b": rnd.blist, "c": self.commit}
+            for x in self._targets(self.commit + 1):
+                self._send(x, msg)
+        if ld.learners:
+            self._push_learners()
+        if ld.reads_waiting and not ld.reads and self._read_ready():
+            self._heartbeat()
+
+    def _start_instance(self, j: int, v: list, ms: frozenset[str]) -> None:
+        ld, rnd = self.ld, self.rnd
+        assert ld is not None and rnd is not None
+        p = _Proposal(v, self.now)
+        ld.props[j] = p
+        if self.id in ms and rnd.ballot >= self.ds.promised:
+            self._record(["a", j, rnd.blist, v])
+            p.acks.add(self.id)
+        msg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": v, "c": self.commit}
+        for x in sorted(ms):
+            if x != self.id:
+                self._send(x, msg)
+        if len(p.acks) >= majority(ms):
+            self._chosen(j)
+
+    def _chosen(self, j: int) -> None:
+        assert self.ld is not None
+        p = self.ld.props.pop(j)
+        self._learn(j, p.value)
+
+    def _resign(self) -> None:
+        """We are no longer in the newest member set: hand over and step down."""
+        self.transfer_leadership()
+        self._step_down()
+
+    def _heartbeat(self) -> None:
+        ld, rnd = self.ld, self.rnd
+        assert ld is not None and rnd is not None
+        now = self.now
+        hb = self.cfg.heartbeat_interval
+        ld.round += 1
+        ld.next_hb = now + hb
+        if ld.reads_waiting and self._read_ready():
+            for req, origin in ld.reads_waiting:
+                ld.reads.append((ld.round, self.commit, req, origin))
+            ld.reads_waiting = []
+        msg = {"t": M.HEARTBEAT, "b": rnd.blist, "r": ld.round, "c": self.commit}
+        for x in self._targets(self.commit + 1):
+            self._send(x, msg)
+        ld.sent_commit = max(ld.sent_commit, self.commit)
+        sched = self.ds.schedule
+        for j, p in ld.props.items():
+            if now - p.sent >= hb:
+                p.sent = now
+                ms = members_at(sched, j) or frozenset()
+                amsg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": p.value, "c": self.commit}
+                for x in sorted(ms):
+                    if x not in p.acks:
+                        self._send(x, amsg)
+        if now - ld.since >= self._et():
+            et = self._et()
+            recent = {x for x, t in ld.ack_time.items() if now - t < et}
+            recent.add(self.id)
+            if not has_quorums(recent, self._sets(self.commit + 1)):
+                self._step_down()
+                return
+        self._check_suspects()
+        self._serve_reads()
+        if ld.learners:
+            stale = [x for x, (_, t) in ld.learners.items() if now - t > 3 * self._et()]
+            for x in stale:
+                del ld.learners[x]
+
+    def _read_ready(self) -> bool:
+        rnd = self.rnd
+        assert rnd is not None
+        if self.commit < max(rnd.max_d, rnd.max_rep):
+            return False
+        return has_quorums(rnd.done_nodes(), self._sets(self.commit + 1))
+
+    def _serve_reads(self) -> None:
+        ld = self.ld
+        assert ld is not None
+        if not ld.reads:
+            return
+        conf = ld.round
+        for ms in self._sets(self.commit + 1):
+            rounds = sorted(
+                (ld.round if x == self.id else ld.acked.get(x, 0) for x in ms), reverse=True
+            )
+            conf = min(conf, rounds[majority(ms) - 1])
+        keep = []
+        for r in ld.reads:
+            if r[0] <= conf:
+                _, idx, req, origin = r
+                if origin is None:
+                    self._read_states.append((req, idx))
+                else:
+                    self._send(origin, {"t": M.READ_OK, "id": req, "i": idx})
+            else:
+                keep.append(r)
+        ld.reads = keep
+        if not keep and ld.reads_waiting and self._read_ready():
+            self._heartbeat()
+
+    def _check_suspects(self) -> None:
+        ld = self.ld
+        assert ld is not None
+        newest = self._newest()
+        if newest is None:
+            return
+        if newest != ld.suspect_set:
+            ld.suspect_set = newest
+            ld.suspected = {}
+        now = self.now
+        mt = self.cfg.member_timeout
+        fresh = 2 * self._et()
+        start = self.started if self.started is not None else now
+        need = majority(newest)
+        for m in sorted(newest):
+            if m == self.id:
+                continue
+            t = ld.suspected.get(m)
+            if t is not None and now - t < mt:
+                continue
+            n = 1 if now - self.heard.get(m, start) >= mt else 0
+            for x in newest:
+                if x == m or x == self.id:
+                    continue
+                rep = ld.reports.get(x)
+                if rep is not None and now - rep[0] <= fresh and m in rep[1]:
+                    n += 1
+            if n >= need:
+                ld.suspected[m] = now
+                self._suspects.append(m)
+
+    def _my_suspicions(self) -> list[str]:
+        newest = self._newest()
+        if not newest:
+            return []
+        now = self.now
+        mt = self.cfg.member_timeout
+        start = self.started if self.started is not None else now
+        return [m for m in sorted(newest) if m != self.id and now - self.heard.get(m, start) >= mt]
+
+    def _push_learners(self) -> None:
+        ld = self.ld
+        assert ld is not None
+        for x, st in ld.learners.items():
+            nxt = st[0]
+            if nxt > self.commit:
+                continue
+            if nxt <= self.ds.base:
+                self._send(x, {"t": M.SNAPSHOT, "base": self.ds.base})
+                st[0] = self.commit + 1
+                continue
+            ents, end = self._entries_from(nxt)
+            if ents:
+                self._send(
+                    x, {"t": M.ENTRIES, "s": nxt, "e": ents, "c": self.commit, "l": self.id}
+                )
+            st[0] = end
+
+    def _flush_forwards(self) -> None:
+        lead = self.leader
+        if self.role == LEADER:
+            self._enqueue(self.fwd_buf)
+            self.fwd_buf = []
+            return
+        if lead is None or lead == self.id:
+            self.fwd_buf = []
+            return
+        chunk: list = []
+        size = 0
+        for it in self.fwd_buf:
+            s = size_of(it)
+            if chunk and size + s > self.cfg.max_batch_bytes:
+                self._send(lead, {"t": M.FORWARD, "items": chunk})
+                chunk, size = [], 0
+            chunk.append(it)
+            size += s
+        if chunk:
+            self._send(lead, {"t": M.FORWARD, "items": chunk})
+        self.fwd_buf = []
+
+    def _ping(self) -> None:
+        self.next_ping = self.now + self.cfg.ping_interval
+        if not self._eligible():
+            return
+        newest = self._newest()
+        assert newest is not None
+        msg = {"t": M.PING}
+        for x in sorted(newest):
+            self._send(x, msg)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _reject(self, x: str) -> None:
+        self._send(x, {"t": M.REJECT, "b": wire(max(self.ds.promised, self.leader_ballot))})
+
+    def _on_prepare(self, x: str, m: dict) -> None:
+        b = ballot_of(m["b"])
+        ds = self.ds
+        if b < ds.promised:
+            self._reject(x)
+            return
+        if b > ds.promised:
+            self._record(["p", wire(b)])
+            self._saw_ballot(b)
+            if self.leader is not None and self.leader != x:
+                self.leader = None
+                self._leader_changed()
+            if self.role == FOLLOWER:
+                self.election_at = self.now + self._rand_timeout()
+        entries, nxt = report(ds, self.commit, self.max_decided, m["s"], self.cfg.fetch_max_bytes)
+        msg = {"t": M.PROMISE, "b": m["b"], "d": self.commit, "a": entries}
+        if nxt is not None:
+            msg["n"] = nxt
+        self._send(x, msg)
+
+    def _on_promise(self, x: str, m: dict) -> None:
+        rnd = self.rnd
+        if rnd is None or self.role not in (CANDIDATE, LEADER) or ballot_of(m["b"]) != rnd.ballot:
+            return
+        nxt = m.get("n")
+        self._add_report(x, m["d"], m["a"], nxt)
+        if nxt is not None:
+            self._send_prepare(x)
+        self._check_phase1()
+
+    def _on_reject(self, x: str, m: dict) -> None:
+        b = ballot_of(m["b"])
+        if b[0] > self.max_round:
+            self.max_round = b[0]
+        if self.role in (LEADER, CANDIDATE):
+            assert self.rnd is not None
+            if self.rnd.ballot < b:
+                self._step_down()
+
+    def _on_accept(self, x: str, m: dict) -> None:
+        b = ballot_of(m["b"])
+        ds = self.ds
+        if b < ds.promised or b < self.leader_ballot:
+            self._reject(x)
+            return
+        self._saw_leader(x, b)
+        i = m["i"]
+        if i > ds.base and i not in ds.decided:
+            self._record(["a", i, m["b"], m["v"]])
+        elif b > ds.promised:
+            self._record(["p", m["b"]])
+        self._send(x, {"t": M.ACCEPTED, "b": m["b"], "i": i})
+        self._learn_commit(b, m["c"])
+
+    def _on_accepted(self, x: str, m: dict) -> None:
+        if self.role != LEADER:
+            return
+        ld, rnd = self.ld, self.rnd
+        assert ld is not None and rnd is not None
+        if m["b"] != rnd.blist:
+            return
+        i = m["i"]
+        p = ld.props.get(i)
+        if p is None:
+            return
+        ms = members_at(self.ds.schedule, i)
+        if ms is not None and x in ms:
+            p.acks.add(x)
+            if len(p.acks) >= majority(ms):
+                self._chosen(i)
+
+    def _on_commit(self, x: str, m: dict) -> None:
+        b = ballot_of(m["b"])
+        if b < self.ds.promised or b < self.leader_ballot:
+            self._reject(x)
+            return
+        self._saw_leader(x, b)
+        self._learn_commit(b, m["c"])
+
+    def _on_heartbeat(self, x: str, m: dict) -> None:
+        b = ballot_of(m["b"])
+        if b < self.ds.promised or b < self.leader_ballot:
+            self._reject(x)
+            return
+        self._saw_leader(x, b)
+        self._learn_commit(b, m["c"])
+        self._send(
+            x,
+            {"t": M.HEARTBEAT_OK, "b": m["b"], "r": m["r"], "d": self.commit, "s": self._my_suspicions()},
+        )
+
+    def _on_heartbeat_ok(self, x: str, m: dict) -> None:
+        if self.role != LEADER:
+            return
+        ld, rnd = self.ld, self.rnd
+        assert ld is not None and rnd is not None
+        if m["b"] != rnd.blist:
+            return
+        r = m["r"]
+        if r > ld.acked.get(x, 0):
+            ld.acked[x] = r
+        ld.ack_time[x] = self.now
+        ld.peer_commit[x] = m["d"]
+        self._note(x, m["d"])
+        ld.reports[x] = (self.now, m["s"])
+        if ld.reads:
+            self._serve_reads()
+
+    def _on_prevote(self, x: str, m: dict) -> None:
+        grant = (
+            self.role != LEADER
+            and self.now - self.last_leader_contact >= self._et()
+            and m["d"] >= self.commit
+        )
+        self._send(x, {"t": M.PREVOTE_OK, "r": m["r"], "ok": grant, "d": self.commit})
+
+    def _on_prevote_ok(self, x: str, m: dict) -> None:
+        if m.get("d", 0) > self.commit:
+            self._note(x, m["d"])  # we are behind: catch up (perhaps we are no member now)
+            self._maybe_fetch()
+        pv = self.pv
+        if self.role != PRECANDIDATE or pv is None or m["r"] != pv[0] or not m["ok"]:
+            return
+        pv[1].add(x)
+        self._check_prevote()
+
+    def _on_ping(self, x: str, m: dict) -> None:
+        pass  # receive() noted that we heard from x
+
+    def _on_forward(self, x: str, m: dict) -> None:
+        items = m["items"]
+        if self.role == LEADER:
+            self._enqueue(items)
+        elif self.leader not in (None, self.id, x) and m.get("h", 0) < 1:
+            self._send(self.leader, {"t": M.FORWARD, "items": items, "h": 1})  # type: ignore[arg-type]
+
+    def _on_read(self, x: str, m: dict) -> None:
+        if self.role == LEADER:
+            assert self.ld is not None
+            self.ld.reads_waiting.append((m["id"], x))
+        else:
+            self._send(x, {"t": M.READ_FAIL, "id": m["id"]})
+
+    def _on_read_ok(self, x: str, m: dict) -> None:
+        req = m["id"]
+        if self.fwd_reads.pop(req, None) is not None:
+            if m["i"] > self.seen_commit:
+                self.seen_commit = m["i"]
+            self._read_states.append((req, m["i"]))
+
+    def _on_read_fail(self, x: str, m: dict) -> None:
+        req = m["id"]
+        if self.fwd_reads.pop(req, None) is not None:
+            self._read_failed.append(req)
+
+    def _on_fetch(self, x: str, m: dict) -> None:
+        s = m["s"]
+        base = self.ds.base
+        if s <= base:
+            self._send(x, {"t": M.SNAPSHOT, "base": base})
+            return
+        ents, end = self._entries_from(s)
+        self._send(x, {"t": M.ENTRIES, "s": s, "e": ents, "c": self.commit, "l": self.leader})
+        if self.role == LEADER:
+            assert self.ld is not None
+            newest = self._newest()
+            if newest is not None and x not in newest:
+                self.ld.learners[x] = [end, self.now]
+
+    def _on_entries(self, x: str, m: dict) -> None:
+        s = m["s"]
+        props = self.ld.props if self.ld is not None else None
+        for k, v in enumerate(m["e"]):
+            i = s + k
+            if props is not None and i in props:
+                continue  # ours to decide: never learn a value for it from elsewhere
+            self._learn(i, v)
+        self._note(x, m["c"])
+        lead = m.get("l")
+        if lead is not None and lead != self.id and self.role == FOLLOWER:
+            if self.leader is None or not self._eligible():
+                if self.leader != lead:
+                    self.leader = lead
+                    self._leader_changed()
+        if m["e"]:
+            self.fetch_until = _NEVER  # progress: ask for the next chunk at once
+        if self.role != LEADER:
+            self._learn_commit(*self.infer)
+        else:
+            self._maybe_fetch()
+
+    def _on_snapshot(self, x: str, m: dict) -> None:
+        if m["base"] <= self.commit:
+            return
+        if m["base"] > self.seen_commit:
+            self.seen_commit = m["base"]
+        self._need_snapshot = x
+        self.fetch_until = self.now + 2 * self._et()
+        self.next_keepalive = self.fetch_until
+        if self.role in (LEADER, CANDIDATE):
+            self._step_down()
+
+    def _on_timeout_now(self, x: str, m: dict) -> None:
+        if self.role == LEADER or not self._eligible():
+            return
+        if ballot_of(m["b"]) >= self.leader_ballot:
+            self._start_phase1()
