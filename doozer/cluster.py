@@ -87,6 +87,7 @@ class ClusterSequencer:
         self._closed = False
         self._kept: deque[tuple[int, int]] = deque()  # (instance, bytes) still in the log
         self._kept_bytes = 0
+        self._hello_addrs: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
 
     # -- the Sequencer protocol ----------------------------------------------
@@ -118,7 +119,16 @@ class ClusterSequencer:
 
     def accept_peer(self, transport: Any, hello: dict, rest: bytes) -> asyncio.Protocol | None:
         assert self.hub is not None
-        return self.hub.accept_inbound(transport, hello, rest)
+        proto = self.hub.accept_inbound(transport, hello, rest)
+        if proto is not None:
+            # A joiner talks to us before its /ctl/node entries exist: answer
+            # it at the address it introduced itself with.
+            nid, addr = hello.get("node"), hello.get("addr")
+            if isinstance(nid, str) and isinstance(addr, str) and addr:
+                if self._hello_addrs.get(nid) != addr:
+                    self._hello_addrs[nid] = addr
+                    self._refresh_peers()
+        return proto
 
     def propose(self, p: Proposal) -> None:
         self._undecided[p.seq] = p
@@ -133,7 +143,7 @@ class ClusterSequencer:
         self._read_ids += 1
         rid = self._read_ids
         self._reads[rid] = (done, self._loop.time() + timeout)
-        self.replica.read_index([self.node_id, rid])
+        self.replica.read_index(f"{self.node_id}:{rid}")
         self._kick()
 
     def role(self) -> str:
@@ -299,7 +309,7 @@ class ClusterSequencer:
     # -- linearizable reads ---------------------------------------------------
 
     def _read_ready(self, rid: Any, index: int) -> None:
-        key = rid[1] if isinstance(rid, list) else rid
+        key = int(str(rid).rpartition(":")[2])
         entry = self._reads.pop(key, None)
         if entry is None:
             return
@@ -323,7 +333,7 @@ class ClusterSequencer:
         self._read_waiters = keep
 
     def _read_failed(self, rid: Any) -> None:
-        key = rid[1] if isinstance(rid, list) else rid
+        key = int(str(rid).rpartition(":")[2])
         entry = self._reads.get(key)
         if entry is None:
             return
@@ -333,7 +343,7 @@ class ClusterSequencer:
 
     def _reask(self, key: int) -> None:
         if key in self._reads and not self._closed:
-            self.replica.read_index([self.node_id, key])
+            self.replica.read_index(f"{self.node_id}:{key}")
             self._kick()
 
     def _expire_reads(self, now: float) -> None:
@@ -363,7 +373,7 @@ class ClusterSequencer:
         node = self.node
         assert node is not None and self.hub is not None
         self._nodes_dirty = False
-        addrs = {}
+        addrs = dict(self._hello_addrs)
         try:
             ids = node.store.getdir("/ctl/node")
         except DoozerError:

@@ -170,3 +170,122 @@ class Raw:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_for(cond, deadline_s: float = 20.0, what: str = "condition", interval: float = 0.05):
+    """Poll `cond` until it returns a truthy value or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    last_exc: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            v = cond()
+            if v:
+                return v
+        except (OSError, ValueError, KeyError) as e:
+            last_exc = e
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {deadline_s}s (last error: {last_exc!r})")
+
+
+def call(addr: str, req: dict, timeout: float = 5.0) -> dict:
+    with Raw(addr, timeout=timeout) as r:
+        return r.call(req, timeout)
+
+
+class Cluster:
+    """N real nodes, the second and later joining the first with -a."""
+
+    def __init__(
+        self,
+        n: int,
+        *extra: str,
+        cals: int | None = None,
+        env: dict | None = None,
+        advertise: dict[int, str] | None = None,
+    ) -> None:
+        self.extra = list(extra)
+        self.cals = cals if cals is not None else n
+        self.env = env
+        self.nodes: list[NodeProc] = []
+        self.n = n
+        self.advertise = advertise or {}
+
+    def start(self) -> Cluster:
+        first = self._node(0, [f"--cals={self.cals}"])
+        first.start()
+        self.nodes.append(first)
+        for i in range(1, self.n):
+            node = self._node(i, ["-a", first.addr])
+            node.start()
+            self.nodes.append(node)
+        self.wait_members(min(self.n, self.cals))
+        return self
+
+    def _node(self, i: int, flags: list[str]) -> NodeProc:
+        port = free_port()
+        adv = self.advertise.get(i)
+        args = [*self.extra, *flags, "--election-timeout", "0.5"]
+        if adv:
+            args += ["--advertise", adv]
+        return NodeProc(*args, port=port, env=self.env)
+
+    def add(self, *flags: str) -> NodeProc:
+        node = NodeProc(
+            *self.extra,
+            "--election-timeout",
+            "0.5",
+            "-a",
+            self.live()[0].addr,
+            *flags,
+            env=self.env,
+        )
+        node.start()
+        self.nodes.append(node)
+        return node
+
+    def live(self) -> list[NodeProc]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def selves(self) -> dict[str, dict]:
+        out = {}
+        for n in self.live():
+            try:
+                out[n.addr] = call(n.addr, {"verb": "SELF"}, 2)
+            except OSError:
+                pass
+        return out
+
+    def leader(self) -> NodeProc | None:
+        for n in self.live():
+            try:
+                if call(n.addr, {"verb": "SELF"}, 2).get("role") == "leader":
+                    return n
+            except OSError:
+                continue
+        return None
+
+    def wait_members(self, k: int, deadline: float = 30.0) -> None:
+        def ok() -> bool:
+            s = self.selves()
+            members = [x for x in s.values() if x.get("role") in ("leader", "member")]
+            leaders = {x.get("leader") for x in s.values()}
+            return len(members) >= k and len(leaders) == 1 and "" not in leaders
+
+        wait_for(ok, deadline, f"{k} members agreeing on a leader")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            try:
+                n.stop(5)
+            except Exception:
+                n.kill()
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

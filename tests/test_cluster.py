@@ -1,0 +1,188 @@
+"""Real `doozer serve` processes on loopback, joined with -a."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.nodeproc import Cluster, Raw, call, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def write(addr: str, path: str, value: str, rev: int = -1, timeout: float = 5.0) -> dict:
+    return call(
+        addr,
+        {"verb": "SET", "path": path, "value": value, "rev": rev, "timeout": timeout},
+        timeout + 2,
+    )
+
+
+def test_three_nodes_join_and_any_node_serves_every_verb():
+    with Cluster(3) as c:
+        a, b, cc = c.nodes
+        selves = c.selves()
+        assert sorted(x["role"] for x in selves.values()).count("leader") == 1
+        # every slot is taken by the three nodes
+        cal = call(a.addr, {"verb": "WALK", "path": "/ctl/cal/*"})["files"]
+        assert sorted(f["value"] for f in cal) == sorted(x["value"] for x in selves.values())
+        # a write on any node is read linearizably on any other
+        for i, n in enumerate(c.nodes):
+            r = write(n.addr, f"/k{i}", f"v{i}")
+            assert "rev" in r, r
+            for m in c.nodes:
+                g = call(m.addr, {"verb": "GET", "path": f"/k{i}"})
+                assert g["value"] == f"v{i}" and g["rev"] == r["rev"]
+        # the same revs everywhere: reads at a rev are identical on every node
+        rev = call(b.addr, {"verb": "REV"})["rev"]
+        walks = [call(n.addr, {"verb": "WALK", "path": "/**", "rev": rev}) for n in c.nodes]
+        assert walks[0] == walks[1] == walks[2]
+        # WAIT on one node sees a write made on another
+        with Raw(cc.addr) as w:
+            w.send({"tag": 1, "verb": "WAIT", "path": "/w/*"})
+            w.call({"tag": 2, "verb": "NOP"})
+            r = write(a.addr, "/w/x", "1")
+            ev = w.recv()
+            assert ev["tag"] == 1 and ev["rev"] == r["rev"] and ev["path"] == "/w/x"
+
+
+def test_follower_forwards_writes_and_serves_reads():
+    with Cluster(3) as c:
+        f = c.add()  # a fourth node: every slot is taken, so it follows
+        wait_for(lambda: call(f.addr, {"verb": "SELF"})["leader"], 20, "follower knows the leader")
+        assert call(f.addr, {"verb": "SELF"})["role"] == "follower"
+        r = write(f.addr, "/from-follower", "x")
+        assert "rev" in r, r
+        assert call(c.nodes[0].addr, {"verb": "GET", "path": "/from-follower"})["value"] == "x"
+        r2 = write(c.nodes[1].addr, "/to-follower", "y")
+        g = call(f.addr, {"verb": "GET", "path": "/to-follower"})
+        assert g["value"] == "y" and g["rev"] == r2["rev"]
+        # stale reads are local and catch up
+        wait_for(
+            lambda: (
+                call(f.addr, {"verb": "GET", "path": "/to-follower", "stale": True})["value"] == "y"
+            ),
+            10,
+            "stale read catches up",
+        )
+        # the follower's /ctl/node entries exist
+        me = call(f.addr, {"verb": "SELF"})["value"]
+        assert call(f.addr, {"verb": "GET", "path": f"/ctl/node/{me}/addr"})["value"] == f.addr
+
+
+def test_one_mib_value_through_three_nodes():
+    with Cluster(3) as c:
+        big = "z" * (1 << 20)
+        r = write(c.nodes[1].addr, "/big", big, timeout=10)
+        assert "rev" in r, r
+        for n in c.nodes:
+            g = call(n.addr, {"verb": "GET", "path": "/big"}, 10)
+            assert g["rev"] == r["rev"] and len(g["value"]) == 1 << 20
+
+
+def test_kill_leader_under_load_writes_resume():
+    with Cluster(3) as c:
+        leader = c.leader()
+        assert leader is not None
+        others = [n for n in c.nodes if n is not leader]
+        acked: list[tuple[str, int]] = []
+        stop = threading.Event()
+
+        def load(addr: str, tag: str) -> None:
+            i = 0
+            while not stop.is_set() and i < 100_000:
+                i += 1
+                try:
+                    r = write(addr, f"/load/{tag}/{i}", str(i), timeout=2)
+                except OSError:
+                    continue
+                if "rev" in r:
+                    acked.append((f"/load/{tag}/{i}", r["rev"]))
+
+        threads = [threading.Thread(target=load, args=(n.addr, n.addr)) for n in others]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acked) > 50, 20, "writes before the kill")
+        leader.kill()
+        t0 = time.monotonic()
+        n0 = len(acked)
+        wait_for(lambda: len(acked) > n0 + 50, 20, "writes after the leader died")
+        took = time.monotonic() - t0
+        stop.set()
+        for t in threads:
+            t.join(30)
+        print(f"writes resumed {took:.2f}s after kill -9 of the leader")
+        c.wait_members(2)
+        # nothing acknowledged is lost
+        survivor = others[0].addr
+        for path, rev in acked:
+            g = call(survivor, {"verb": "GET", "path": path})
+            assert g["rev"] == rev, (path, rev, g)
+
+
+def test_paused_member_does_not_stop_the_cluster_and_catches_up():
+    with Cluster(3) as c:
+        victim = next(n for n in c.nodes if n is not c.leader())
+        victim.signal(signal.SIGSTOP)
+        try:
+            others = [n for n in c.nodes if n is not victim]
+            for i in range(20):
+                assert "rev" in write(others[i % 2].addr, f"/p/{i}", "x"), i
+        finally:
+            victim.signal(signal.SIGCONT)
+        last = call(others[0].addr, {"verb": "REV"})["rev"]
+        wait_for(
+            lambda: call(victim.addr, {"verb": "REV", "stale": True})["rev"] >= last,
+            20,
+            "paused member catches up",
+        )
+        assert call(victim.addr, {"verb": "GET", "path": "/p/19"})["value"] == "x"
+
+
+def test_no_quorum_answers_unavailable_then_recovers():
+    with Cluster(3) as c:
+        a = c.nodes[0]
+        stopped = c.nodes[1:]
+        for n in stopped:
+            n.signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = write(a.addr, "/nq", "x", timeout=1)
+            assert r["err_code"] == "UNAVAILABLE", r
+            assert time.monotonic() - t0 < 5
+            g = call(a.addr, {"verb": "GET", "path": "/nq", "timeout": 1})
+            assert g["err_code"] == "UNAVAILABLE"
+            assert "rev" in call(a.addr, {"verb": "GET", "path": "/nq", "stale": True})
+        finally:
+            for n in stopped:
+                n.signal(signal.SIGCONT)
+        wait_for(lambda: "rev" in write(a.addr, "/nq2", "y", timeout=2), 30, "writes resume")
+
+
+def test_five_nodes():
+    with Cluster(5) as c:
+        r = write(c.nodes[4].addr, "/five", "5")
+        for n in c.nodes:
+            assert call(n.addr, {"verb": "GET", "path": "/five"})["rev"] == r["rev"]
+        # two members down: still a quorum
+        c.nodes[3].kill()
+        c.nodes[4].kill()
+        assert "rev" in write(c.nodes[0].addr, "/five2", "x", timeout=10)
+
+
+def test_joining_node_refuses_other_cluster_name():
+    with Cluster(1) as c:
+        from tests.nodeproc import NodeProc
+
+        n = NodeProc("-c", "other", "-a", c.nodes[0].addr)
+        n.start(wait=False)
+        try:
+            assert n.proc is not None
+            n.proc.wait(20)
+            assert n.proc.returncode != 0
+            assert "refusing to join" in n.log()
+        finally:
+            n.kill()
