@@ -1,0 +1,669 @@
+"""A node's data dir: lock, format version, identity, the durable log, snapshots.
+
+Blocking file I/O behind a small interface; the node calls it from its event
+loop (an fsync of a small append costs about 0.1 ms).
+
+Layout of DIR:
+
+    LOCK                          flock'ed while a process uses the dir; holds its pid
+    FORMAT                        "doozer-data 1\\n", written when the dir is created
+    meta                          the node's identity: a framed JSON object (below)
+    log-<first seq>.wal           log segments; records are numbered from 0 at creation
+    snap-<instance>-<seq>.snap    a snapshot covering every record numbered below <seq>
+    *.tmp                         a file being written (removed when the dir is opened)
+
+Numbers in names are zero-padded to 20 digits, so names sort in numeric order.
+Integers on disk are little-endian.
+
+Segment: a 16-byte header (magic b"DZWAL\\0\\0\\1", u64 seq of its first record),
+then records, each `[u32 length][u32 crc32(payload)][payload]`, the payload the
+orjson encoding of the record (a JSON array, never empty). A segment is rolled
+(a new one started) once it reaches `segment_bytes` (64 MiB).
+
+Snapshot and meta files: a 32-byte header (8-byte magic b"DZSNAP\\0\\1" or
+b"DZMETA\\0\\1", u64 seq, u64 payload length, u32 crc32(payload), u32 crc32 of
+the 28 header bytes before it), then the payload (orjson). Both are written
+atomically: temp file, fsync, rename, fsync of the dir.
+
+Recovery (`load`):
+- The newest snapshot (highest seq) must be intact. If it is not, `load`
+  raises CorruptionError: it does not fall back to an older snapshot, because
+  the log after an older one may have been compacted by the host (records that
+  drop state the newer snapshot holds), so replaying it could silently lose data.
+  An older snapshot only survives a crash in the middle of `save_snapshot`.
+- The log from the snapshot's seq on must be complete: segments contiguous,
+  every record intact. A bad record in the last segment with no valid record
+  anywhere after it is a torn tail (a write cut short by a crash): the file is
+  truncated there, and a note is logged and kept in `DataDir.notes`. A bad
+  record followed by a valid one, a bad record in an older segment, a missing
+  segment: CorruptionError naming the file and the byte offset.
+- An I/O error (disk full, EIO) during `sync` truncates the segment back to its
+  last durable size and keeps the records pending, so a later `sync` writes them
+  again; during `save_snapshot` the temp file is removed. What was durable stays
+  intact either way.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import logging
+import os
+import re
+import struct
+import zlib
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("doozer")
+
+FORMAT_VERSION = 1
+SEGMENT_BYTES = 64 << 20
+
+_SEG_MAGIC = b"DZWAL\x00\x00\x01"
+_SNAP_MAGIC = b"DZSNAP\x00\x01"
+_META_MAGIC = b"DZMETA\x00\x01"
+_SEG_HDR = struct.Struct("<8sQ")
+_FILE_HDR = struct.Struct("<8sQQI")  # followed by the u32 crc of these 28 bytes
+_FILE_HDR_SIZE = _FILE_HDR.size + 4
+_REC = struct.Struct("<II")
+
+_SEG_NAME = re.compile(r"log-(\d{20})\.wal")
+_SNAP_NAME = re.compile(r"snap-(\d{20})-(\d{20})\.snap")
+_IGNORED = {"LOCK", "lost+found"}
+
+
+class StorageError(Exception):
+    """An I/O failure or a data dir that cannot be used; the message says what and where."""
+
+
+class CorruptionError(StorageError):
+    """Data on disk that fails its checks, at `path`, byte `offset`."""
+
+    def __init__(self, path: str, offset: int, what: str) -> None:
+        super().__init__(f"{path}: {what} at byte offset {offset}")
+        self.path = path
+        self.offset = offset
+
+
+def _seg_name(first: int) -> str:
+    return f"log-{first:020d}.wal"
+
+
+def _snap_name(instance: int, seq: int) -> str:
+    return f"snap-{instance:020d}-{seq:020d}.snap"
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    with memoryview(data) as mv:
+        done = 0
+        while done < len(mv):
+            n = os.pwrite(fd, mv[done:], offset + done)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {_why(e)}") from e
+
+
+def _decode_framed(path: str, data: bytes, magic: bytes) -> tuple[int, Any]:
+    """(seq, payload object) of a snapshot or meta file; CorruptionError if bad."""
+    if len(data) < _FILE_HDR_SIZE:
+        raise CorruptionError(path, len(data), f"file ends inside its {_FILE_HDR_SIZE}-byte header")
+    got_magic, seq, length, crc = _FILE_HDR.unpack_from(data)
+    (hcrc,) = struct.unpack_from("<I", data, _FILE_HDR.size)
+    if zlib.crc32(data[: _FILE_HDR.size]) != hcrc:
+        raise CorruptionError(path, 0, "header checksum mismatch")
+    if got_magic != magic:
+        raise CorruptionError(path, 0, f"bad magic {got_magic!r} (want {magic!r})")
+    end = _FILE_HDR_SIZE + length
+    if len(data) != end:
+        raise CorruptionError(
+            path, min(len(data), end), f"file is {len(data)} bytes, its header says {end}"
+        )
+    payload = memoryview(data)[_FILE_HDR_SIZE:]
+    if zlib.crc32(payload) != crc:
+        raise CorruptionError(path, _FILE_HDR_SIZE, f"checksum mismatch in the {length}-byte body")
+    try:
+        return seq, orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise CorruptionError(path, _FILE_HDR_SIZE, f"body is not valid JSON ({e})") from e
+
+
+def _valid_frame_after(data: bytes, after: int) -> int | None:
+    """Offset of an intact record starting after `after`, if any: tells corruption
+    (good data follows) from a torn tail (nothing good follows)."""
+    n = len(data)
+    find = data.find
+    p = find(b"[", after + _REC.size + 1)
+    while p >= 0:
+        start = p - _REC.size
+        length, crc = _REC.unpack_from(data, start)
+        end = p + length
+        if (
+            length > 0
+            and end <= n
+            and data[end - 1] == 0x5D  # "]": records are JSON arrays
+            and zlib.crc32(memoryview(data)[p:end]) == crc
+        ):
+            return start
+        p = find(b"[", p + 1)
+    return None
+
+
+class DataDir:
+    """One node's data dir, locked for as long as it is open.
+
+    Use: `open`, then `write_meta` if `is_new()`, then `load()` once, then any
+    number of `append` + `sync`, `save_snapshot`; `close`. Not thread-safe.
+    """
+
+    def __init__(self, path: str, lock_fd: int, segment_bytes: int) -> None:
+        self.path = path
+        self.meta: dict | None = None
+        self.notes: list[str] = []  # what recovery repaired (torn tails), also logged
+        self._lock_fd: int | None = lock_fd
+        self._segment_bytes = segment_bytes
+        self._loaded = False
+        self._fd: int | None = None  # active segment
+        self._seg_path = ""
+        self._seg_first = 0
+        self._size = 0  # durable bytes of the active segment
+        self._dirty = False  # the active segment may hold bytes past _size
+        self._pending = bytearray()
+        self._seq = 0  # seq of the next record appended
+        self._snap_seq = 0
+        self._snap_path: str | None = None
+        self._log_bytes = 0  # framed bytes appended since the snapshot
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, create: bool, segment_bytes: int = SEGMENT_BYTES) -> DataDir:
+        """Lock the data dir at `path` (made if `create`) and check its format."""
+        path = os.path.abspath(path)
+        if create:
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"cannot create data dir {path}: {_why(e)}") from e
+        elif not os.path.isdir(path):
+            raise StorageError(f"no data dir at {path}")
+        lock_fd = _lock(path)
+        try:
+            dd = cls(path, lock_fd, segment_bytes)
+            dd._check_format(create)
+            dd._remove_temps()
+            mpath = os.path.join(path, "meta")
+            if os.path.exists(mpath):
+                _, meta = _decode_framed(mpath, _read(mpath), _META_MAGIC)
+                if not isinstance(meta, dict):
+                    raise CorruptionError(mpath, _FILE_HDR_SIZE, "meta is not a JSON object")
+                dd.meta = meta
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return dd
+
+    def _check_format(self, create: bool) -> None:
+        fpath = os.path.join(self.path, "FORMAT")
+        try:
+            with open(fpath, "rb") as f:
+                text = f.read(256)
+        except FileNotFoundError:
+            others = sorted(set(os.listdir(self.path)) - _IGNORED)
+            if others:
+                raise StorageError(
+                    f"{self.path} is not a doozer data dir (no FORMAT file, but it holds "
+                    f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''})"
+                ) from None
+            if not create:
+                raise StorageError(
+                    f"{self.path} is not a doozer data dir (no FORMAT file)"
+                ) from None
+            self._write_atomic("FORMAT", f"doozer-data {FORMAT_VERSION}\n".encode())
+            return
+        except OSError as e:
+            raise StorageError(f"cannot read {fpath}: {_why(e)}") from e
+        m = re.fullmatch(rb"doozer-data (\d+)\n?", text)
+        if m is None:
+            raise StorageError(f"{fpath}: not a doozer data dir format line: {text[:40]!r}")
+        v = int(m.group(1))
+        if v != FORMAT_VERSION:
+            raise StorageError(
+                f"{self.path} has data format version {v}; this doozer reads version "
+                f"{FORMAT_VERSION} only"
+            )
+
+    def _remove_temps(self) -> None:
+        for name in os.listdir(self.path):
+            if name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError as e:
+                    log.warning("cannot remove %s: %s", name, _why(e))
+
+    def is_new(self) -> bool:
+        """True until `write_meta` has been called on this dir."""
+        return self.meta is None
+
+    def write_meta(self, meta: dict) -> None:
+        """Replace the node's identity record (atomically)."""
+        self._framed("meta", _META_MAGIC, 0, orjson.dumps(meta))
+        self.meta = dict(meta)
+
+    # -- recovery --------------------------------------------------------------
+
+    def load(self) -> tuple[dict | None, list[list]]:
+        """The newest snapshot (None if there is none) and every record appended
+        after it, in order. Cuts off a torn tail (see `notes`); raises
+        CorruptionError for anything else that fails its checks."""
+        if self._loaded:
+            raise RuntimeError("DataDir.load() called twice")
+        names = os.listdir(self.path)
+        snaps = sorted(
+            (int(m.group(2)), int(m.group(1)), n)
+            for n in names
+            if (m := _SNAP_NAME.fullmatch(n)) is not None
+        )
+        segs = sorted(
+            (int(m.group(1)), n) for n in names if (m := _SEG_NAME.fullmatch(n)) is not None
+        )
+        snap: dict | None = None
+        start = 0
+        if snaps:
+            seq, _, name = snaps[-1]
+            spath = os.path.join(self.path, name)
+            hseq, snap = _decode_framed(spath, _read(spath), _SNAP_MAGIC)
+            if hseq != seq:
+                raise CorruptionError(spath, 8, f"header says seq {hseq}, the name {seq}")
+            if not isinstance(snap, dict):
+                raise CorruptionError(spath, _FILE_HDR_SIZE, "snapshot is not a JSON object")
+            start = seq
+            self._snap_path = spath
+        # Segments wholly before the snapshot: those followed by one starting at or
+        # before it. They are obsolete and not read.
+        live = [s for k, s in enumerate(segs) if k + 1 == len(segs) or segs[k + 1][0] > start]
+        records: list[list] = []
+        expect = start  # seq of the next record the log must hold
+        end_off = 0
+        # Decoding builds millions of lists, all kept: cyclic GC passes over them
+        # would cost several times the decoding itself.
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            for k, (first, name) in enumerate(live):
+                spath = os.path.join(self.path, name)
+                if first > expect or (k and first != expect):
+                    raise CorruptionError(
+                        spath,
+                        0,
+                        f"the log is missing records {expect}..{first - 1} "
+                        f"(this segment starts at record {first})"
+                        if first > expect
+                        else f"segment starts at record {first}, the one before ends at {expect}",
+                    )
+                count, end_off = self._scan(spath, first, start, k + 1 == len(live), records)
+                expect = first + count
+        finally:
+            if gc_was_on:
+                gc.enable()
+        self._seq = max(expect, start)
+        self._snap_seq = start
+        if live and expect >= start:
+            first, name = live[-1]
+            self._open_segment(os.path.join(self.path, name), first, end_off)
+        else:
+            self._new_segment()
+        # Only now that everything checked out: drop what the snapshot made obsolete.
+        self._drop_obsolete()
+        self._loaded = True
+        return snap, records
+
+    def _scan(
+        self, path: str, first: int, start: int, last: bool, out: list[list]
+    ) -> tuple[int, int]:
+        """Check every record of one segment; append those numbered >= start to `out`.
+        Returns (records in the segment, end offset of its intact records)."""
+        data = _read(path)
+        n = len(data)
+        hdr = _SEG_HDR.size
+        if n < hdr or (last and not data.strip(b"\0")):
+            if not last:
+                raise CorruptionError(path, n, f"file ends inside its {hdr}-byte header")
+            # A crash while the segment was being created: it holds no record.
+            self._note(f"{path}: rewrote a segment header cut short by a crash ({n} bytes)")
+            self._rewrite_header(path, first)
+            return 0, hdr
+        magic, hfirst = _SEG_HDR.unpack_from(data)
+        if magic != _SEG_MAGIC:
+            raise CorruptionError(path, 0, f"bad magic {magic!r} (want {_SEG_MAGIC!r})")
+        if hfirst != first:
+            raise CorruptionError(path, 8, f"header says first record {hfirst}, the name {first}")
+        mv = memoryview(data)
+        unpack = _REC.unpack_from
+        crc32 = zlib.crc32
+        loads = orjson.loads
+        skip = start - first
+        off = hdr
+        count = 0
+        kept = 0
+        bad = ""
+        while off < n:
+            if n - off < 8:
+                bad = "record header cut short"
+                break
+            length, crc = unpack(data, off)
+            end = off + 8 + length
+            if length == 0:
+                bad = "zero record length"
+                break
+            if end > n:
+                bad = f"record of {length} bytes runs past the end of the file"
+                break
+            payload = mv[off + 8 : end]
+            if crc32(payload) != crc:
+                bad = "record checksum mismatch"
+                break
+            if count >= skip:
+                try:
+                    out.append(loads(payload))
+                except orjson.JSONDecodeError as e:
+                    raise CorruptionError(path, off, f"record is not valid JSON ({e})") from e
+                kept += end - off
+            count += 1
+            off = end
+        if bad:
+            if not last:
+                raise CorruptionError(path, off, bad)
+            good = _valid_frame_after(data, off)
+            if good is not None:
+                raise CorruptionError(
+                    path, off, f"{bad}, followed by an intact record at offset {good}"
+                )
+            self._note(
+                f"{path}: cut off a torn record at byte offset {off} ({n - off} bytes: {bad}), "
+                f"the tail of a write cut short by a crash"
+            )
+            self._truncate(path, off)
+        self._log_bytes += kept
+        return count, off
+
+    def _note(self, text: str) -> None:
+        log.warning("%s", text)
+        self.notes.append(text)
+
+    def _truncate(self, path: str, size: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(f"cannot truncate {path} to {size} bytes: {_why(e)}") from e
+
+    def _rewrite_header(self, path: str, first: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                _write_all(fd, _SEG_HDR.pack(_SEG_MAGIC, first), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(f"cannot repair {path}: {_why(e)}") from e
+
+    # -- the log ---------------------------------------------------------------
+
+    def append(self, records: list[list]) -> None:
+        """Buffer records (JSON arrays) for the next `sync`. No I/O."""
+        if not self._loaded:
+            raise RuntimeError("DataDir.append() before load()")
+        buf = self._pending
+        before = len(buf)
+        pack = _REC.pack
+        crc32 = zlib.crc32
+        dumps = orjson.dumps
+        try:
+            for rec in records:
+                p = dumps(rec)
+                if p[:1] != b"[":
+                    raise TypeError(f"a log record must be a list, not {type(rec).__name__}")
+                buf += pack(len(p), crc32(p))
+                buf += p
+        except BaseException:
+            del buf[before:]  # all of the call's records or none
+            raise
+        self._seq += len(records)
+        self._log_bytes += len(buf) - before
+
+    def sync(self) -> None:
+        """Write and fsync every record appended so far: one write, one fsync.
+        StorageError on failure; the records stay pending for the next call."""
+        if not self._loaded:
+            raise RuntimeError("DataDir.sync() before load()")
+        data = self._pending
+        if not data and not self._dirty:
+            return
+        fd = self._fd
+        assert fd is not None
+        try:
+            if self._dirty:
+                os.ftruncate(fd, self._size)
+                self._dirty = False
+            if data:
+                self._dirty = True
+                _write_all(fd, data, self._size)
+                os.fdatasync(fd)
+                self._dirty = False
+        except OSError as e:
+            # Never leave a partial batch behind what is durable; retry writes it all.
+            try:
+                os.ftruncate(fd, self._size)
+                self._dirty = False
+            except OSError:
+                pass
+            # A view of the buffer may live on in the traceback; append to a copy.
+            self._pending = bytearray(data)
+            raise StorageError(
+                f"cannot write {len(data)} bytes to {self._seg_path}: {_why(e)}"
+            ) from e
+        self._size += len(data)
+        self._pending = bytearray()
+        if self._size >= self._segment_bytes:
+            try:
+                self._new_segment()
+            except StorageError as e:
+                # The records are durable; keep using this segment and roll later.
+                log.warning("cannot start a new log segment: %s", e)
+
+    def pending_bytes(self) -> int:
+        """Bytes appended but not yet synced."""
+        return len(self._pending)
+
+    def log_bytes_since_snapshot(self) -> int:
+        """Framed bytes of the records after the last snapshot (pending included)."""
+        return self._log_bytes
+
+    def _open_segment(self, path: str, first: int, size: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            raise StorageError(f"cannot open {path}: {_why(e)}") from e
+        self._switch(fd, path, first, size)
+
+    def _new_segment(self) -> None:
+        """Start a segment at the next seq; it is durable (dir fsynced) on return."""
+        assert not self._pending
+        first = self._seq
+        path = os.path.join(self.path, _seg_name(first))
+        fd = -1
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _write_all(fd, _SEG_HDR.pack(_SEG_MAGIC, first), 0)
+            os.fdatasync(fd)
+            _fsync_dir(self.path)
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise StorageError(f"cannot create log segment {path}: {_why(e)}") from e
+        self._switch(fd, path, first, _SEG_HDR.size)
+
+    def _switch(self, fd: int, path: str, first: int, size: int) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self._seg_path = path
+        self._seg_first = first
+        self._size = size
+        self._dirty = False
+
+    # -- snapshots -------------------------------------------------------------
+
+    def save_snapshot(self, snap: dict) -> None:
+        """Durably store `snap` (a JSON-able dict; its "instance" names the file) as
+        covering every record appended so far; then drop the log and snapshots it
+        makes obsolete. Syncs pending records first. StorageError on failure, with
+        the previous snapshot and the log intact."""
+        if not self._loaded:
+            raise RuntimeError("DataDir.save_snapshot() before load()")
+        self.sync()
+        seq = self._seq
+        name = _snap_name(int(snap.get("instance", 0)), seq)
+        try:
+            payload = orjson.dumps(snap)
+        except TypeError as e:
+            raise ValueError(f"snapshot is not JSON-able: {e}") from e
+        self._framed(name, _SNAP_MAGIC, seq, payload)
+        self._snap_path = os.path.join(self.path, name)
+        self._snap_seq = seq
+        self._log_bytes = 0
+        if self._seg_first < seq:
+            try:
+                self._new_segment()
+            except StorageError as e:
+                # Records after the snapshot go on in this segment; load skips the rest.
+                log.warning("cannot start a new log segment after a snapshot: %s", e)
+        self._drop_obsolete()
+
+    def _drop_obsolete(self) -> None:
+        """Remove snapshots but the current one, and segments whose every record is
+        covered by it. Best effort: a leftover is removed at the next chance."""
+        names = os.listdir(self.path)
+        current = os.path.basename(self._snap_path) if self._snap_path else None
+        segs = sorted(int(m.group(1)) for n in names if (m := _SEG_NAME.fullmatch(n)))
+        doomed = [n for n in names if _SNAP_NAME.fullmatch(n) and n != current]
+        for k, first in enumerate(segs):
+            if first < self._seg_first and segs[k + 1] <= self._snap_seq:
+                doomed.append(_seg_name(first))
+        for n in doomed:
+            try:
+                os.unlink(os.path.join(self.path, n))
+            except OSError as e:
+                log.warning("cannot remove obsolete %s: %s", n, _why(e))
+
+    # -- small files -------------------------------------------------------------
+
+    def _framed(self, name: str, magic: bytes, seq: int, payload: bytes) -> None:
+        header = _FILE_HDR.pack(magic, seq, len(payload), zlib.crc32(payload))
+        header += struct.pack("<I", zlib.crc32(header))
+        self._write_atomic(name, header, payload)
+
+    def _write_atomic(self, name: str, *parts: bytes) -> None:
+        """Temp file, fsync, rename, fsync the dir: `name` is old or new, never torn."""
+        final = os.path.join(self.path, name)
+        tmp = final + ".tmp"
+        fd = -1
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            off = 0
+            for part in parts:
+                _write_all(fd, part, off)
+                off += len(part)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, final)
+            _fsync_dir(self.path)
+        except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise StorageError(f"cannot write {final}: {_why(e)}") from e
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the files and the lock. Records not synced are dropped."""
+        self._loaded = False
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> DataDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(path: str) -> int:
+    """Take DIR/LOCK (flock, exclusive) and write our pid in it; the fd holds it."""
+    lpath = os.path.join(path, "LOCK")
+    try:
+        fd = os.open(lpath, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageError(f"cannot open {lpath}: {_why(e)}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = b""
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            try:
+                holder = os.pread(fd, 32, 0).strip()
+            except OSError:
+                pass
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StorageError(f"cannot lock {lpath}: {_why(e)}") from e
+        who = f"process {holder.decode()}" if holder.isdigit() else "another process"
+        raise StorageError(f"data dir {path} is in use by {who}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the lock is what counts; the pid is for the message above
+    return fd

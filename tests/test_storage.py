@@ -1,0 +1,760 @@
+"""The data dir: framing, group commit, recovery, snapshots, locking, full disks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from doozer import storage
+from doozer.storage import CorruptionError, DataDir, StorageError
+from tests.faultyfs import FaultyOS
+
+ROOT = Path(__file__).resolve().parent.parent
+SEG_HDR = 16
+SNAP_HDR = 32
+
+
+def recs(n: int, start: int = 0, size: int = 100) -> list[list]:
+    """Records shaped like the replica's accept records, about 150 bytes framed."""
+    return [
+        ["a", i, [3, "node-a"], [[1, f"/k/{i}", -1, "v" * size]]] for i in range(start, start + n)
+    ]
+
+
+def fresh(path: Path, **kw) -> DataDir:
+    d = DataDir.open(str(path), create=True, **kw)
+    assert d.load() == (None, [])
+    return d
+
+
+def reopen(path: Path, **kw) -> tuple[DataDir, dict | None, list[list]]:
+    d = DataDir.open(str(path), create=False, **kw)
+    try:
+        snap, got = d.load()
+    except BaseException:
+        d.close()  # a failed load leaves the dir open: the caller closes it
+        raise
+    return d, snap, got
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("log-*.wal"))
+
+
+def snapshots(path: Path) -> list[Path]:
+    return sorted(path.glob("snap-*.snap"))
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every record in a segment, parsed from the documented format."""
+    out = []
+    off = SEG_HDR
+    while off < len(data):
+        length, crc = struct.unpack_from("<II", data, off)
+        end = off + 8 + length
+        assert zlib.crc32(data[off + 8 : end]) == crc
+        out.append((off, end))
+        off = end
+    return out
+
+
+def flip(path: Path, i: int) -> bytes:
+    data = bytearray(path.read_bytes())
+    data[i] ^= 0x41
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.fixture
+def fos(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
+    f = FaultyOS()
+    monkeypatch.setattr(storage, "os", f)
+    return f
+
+
+# -- basics ------------------------------------------------------------------------
+
+
+def test_round_trip_meta_records_and_snapshot(tmp_path: Path) -> None:
+    d = fresh(tmp_path / "d")
+    assert d.is_new()
+    d.write_meta({"node_id": "n1", "cluster_name": "local", "cluster_id": "c1"})
+    assert not d.is_new()
+    d.append(recs(3))
+    d.sync()
+    d.append([["p", [1, "é☃"]], ["x", None, True, 1.5, {"k": [1, 2]}]])
+    d.sync()
+    d.close()
+
+    d, snap, got = reopen(tmp_path / "d")
+    assert d.meta == {"node_id": "n1", "cluster_name": "local", "cluster_id": "c1"}
+    assert snap is None
+    assert got == [*recs(3), ["p", [1, "é☃"]], ["x", None, True, 1.5, {"k": [1, 2]}]]
+    d.save_snapshot({"instance": 7, "node": {"store": {"files": []}}, "durable": {"base": 7}})
+    assert d.log_bytes_since_snapshot() == 0
+    d.append(recs(2, 10))
+    d.sync()
+    assert d.log_bytes_since_snapshot() > 0
+    d.close()
+
+    d, snap, got = reopen(tmp_path / "d")
+    assert snap == {"instance": 7, "node": {"store": {"files": []}}, "durable": {"base": 7}}
+    assert got == recs(2, 10)
+    assert d.notes == []
+    d.close()
+
+
+def test_records_must_be_lists_and_load_comes_first(tmp_path: Path) -> None:
+    d = DataDir.open(str(tmp_path / "d"), create=True)
+    with pytest.raises(RuntimeError):
+        d.append(recs(1))
+    d.load()
+    with pytest.raises(TypeError):
+        d.append([["fine"], {"not": "a list"}])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        d.append([["fine"], [object()]])
+    assert d.pending_bytes() == 0  # a failed append adds nothing
+    d.append(recs(1))
+    d.sync()
+    with pytest.raises(RuntimeError):
+        d.load()
+    d.close()
+    d, _, got = reopen(tmp_path / "d")
+    d.close()
+    assert got == recs(1)
+
+
+def test_group_commit_is_one_write_and_one_fsync(tmp_path: Path, fos: FaultyOS) -> None:
+    d = fresh(tmp_path / "d")
+    fos.calls.clear()
+    for r in recs(1000):
+        d.append([r])
+    assert fos.calls["pwrite"] == 0 and fos.calls["fdatasync"] == 0  # append is no I/O
+    assert d.pending_bytes() > 1000 * 100
+    d.sync()
+    assert fos.calls["pwrite"] == 1
+    assert fos.calls["fdatasync"] + fos.calls["fsync"] == 1
+    assert d.pending_bytes() == 0
+    d.sync()  # nothing pending: no I/O
+    assert fos.calls["pwrite"] == 1
+    d.close()
+    d, _, got = reopen(tmp_path / "d")
+    assert got == recs(1000)
+    d.close()
+
+
+# -- torn tails and corruption -------------------------------------------------------
+
+
+def test_torn_tail_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(5))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    pristine = seg.read_bytes()
+    start, end = frames(pristine)[-1]
+    assert end == len(pristine)
+    for cut in range(start, end):
+        seg.write_bytes(pristine[:cut])
+        d, _, got = reopen(path)
+        d.close()
+        assert got == recs(4), cut
+        if cut > start:
+            assert len(d.notes) == 1 and f"byte offset {start}" in d.notes[0], (cut, d.notes)
+            assert str(seg) in d.notes[0]
+        else:
+            assert d.notes == []
+        assert seg.stat().st_size == start
+    # the repaired log goes on from there
+    d, _, _ = reopen(path)
+    d.append(recs(1, 99))
+    d.sync()
+    d.close()
+    d, _, got = reopen(path)
+    d.close()
+    assert got == [*recs(4), *recs(1, 99)]
+
+
+def test_flipped_byte_in_the_last_record_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(5))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    pristine = seg.read_bytes()
+    start, end = frames(pristine)[-1]
+    for i in range(start, end):
+        seg.write_bytes(pristine)
+        flip(seg, i)
+        d, _, got = reopen(path)
+        d.close()
+        assert got == recs(4), i
+        assert len(d.notes) == 1 and "torn" in d.notes[0], (i, d.notes)
+        assert seg.stat().st_size == start
+
+
+def test_flipped_byte_in_the_middle_of_a_segment_refuses_to_load(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(10))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    pristine = seg.read_bytes()
+    start, end = frames(pristine)[4]
+    for i in range(start, end):
+        seg.write_bytes(pristine)
+        damaged = flip(seg, i)
+        with pytest.raises(CorruptionError) as ei:
+            reopen(path)
+        assert ei.value.path == str(seg) and ei.value.offset == start, i
+        assert str(seg) in str(ei.value) and f"offset {start}" in str(ei.value)
+        assert seg.read_bytes() == damaged  # nothing cut off
+    # the lock was released by every failed load
+    seg.write_bytes(pristine)
+    d, _, got = reopen(path)
+    d.close()
+    assert got == recs(10)
+
+
+def test_damage_in_an_older_segment_or_a_missing_segment_refuses_to_load(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, segment_bytes=2048)
+    for k in range(10):
+        d.append(recs(4, 4 * k))
+        d.sync()
+    d.close()
+    segs = segments(path)
+    assert len(segs) >= 3
+    first = segs[0].read_bytes()
+    start, end = frames(first)[-1]  # the last record of an older segment is no tail
+    flip(segs[0], end - 3)
+    with pytest.raises(CorruptionError) as ei:
+        reopen(path, segment_bytes=2048)
+    assert ei.value.path == str(segs[0]) and ei.value.offset == start
+    segs[0].write_bytes(first)
+
+    # an older segment cut short at a record boundary: records are missing
+    segs[0].write_bytes(first[:start])
+    with pytest.raises(CorruptionError) as ei:
+        reopen(path, segment_bytes=2048)
+    assert ei.value.path == str(segs[1]) and "missing" in str(ei.value)
+    segs[0].write_bytes(first)
+
+    middle = segs[1].read_bytes()
+    segs[1].unlink()
+    with pytest.raises(CorruptionError) as ei:
+        reopen(path, segment_bytes=2048)
+    assert ei.value.path == str(segs[2]) and "missing" in str(ei.value)
+    segs[1].write_bytes(middle)
+    d, _, got = reopen(path, segment_bytes=2048)
+    d.close()
+    assert got == recs(40)
+
+
+def test_segment_header_cut_short_by_a_crash_is_repaired(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, segment_bytes=1024)
+    d.append(recs(10))
+    d.sync()  # rolls: a new empty segment follows
+    d.close()
+    last = segments(path)[-1]
+    assert last.stat().st_size == SEG_HDR
+    for cut in (0, 7, SEG_HDR - 1):
+        last.write_bytes(last.read_bytes()[:cut])
+        d, _, got = reopen(path, segment_bytes=1024)
+        assert got == recs(10) and len(d.notes) == 1
+        d.close()
+        assert last.stat().st_size == SEG_HDR
+    d, _, _ = reopen(path, segment_bytes=1024)
+    d.append(recs(1, 10))
+    d.sync()
+    d.close()
+    d, _, got = reopen(path, segment_bytes=1024)
+    d.close()
+    assert got == recs(11)
+
+
+def test_flipped_byte_in_a_snapshot_refuses_to_load(tmp_path: Path) -> None:
+    """No fallback to an older snapshot: the log after it may have been compacted."""
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(3))
+    d.save_snapshot({"instance": 1, "v": "old"})
+    (older,) = snapshots(path)
+    kept = older.read_bytes()
+    d.append(recs(3, 3))
+    d.save_snapshot({"instance": 2, "v": "x" * 1000})
+    d.close()
+    older.write_bytes(kept)  # as if a crash had stopped the clean-up
+    (_, snap) = snapshots(path)
+    pristine = snap.read_bytes()
+    for i in [*range(SNAP_HDR), SNAP_HDR, SNAP_HDR + 500, len(pristine) - 1]:
+        snap.write_bytes(pristine)
+        flip(snap, i)
+        with pytest.raises(CorruptionError) as ei:
+            reopen(path)
+        assert ei.value.path == str(snap), i
+        assert str(snap) in str(ei.value)
+    for cut in (0, SNAP_HDR - 1, SNAP_HDR, len(pristine) - 1):
+        snap.write_bytes(pristine[:cut])
+        with pytest.raises(CorruptionError):
+            reopen(path)
+    snap.write_bytes(pristine + b"\n")
+    with pytest.raises(CorruptionError):
+        reopen(path)
+    snap.write_bytes(pristine)
+    d, s, got = reopen(path)
+    d.close()
+    assert s == {"instance": 2, "v": "x" * 1000} and got == []
+    assert snapshots(path) == [snap]  # the older one is gone once the newer one loaded
+
+
+def test_corrupt_meta_refuses_to_open(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.write_meta({"node_id": "n1"})
+    d.close()
+    flip(path / "meta", SNAP_HDR + 3)
+    with pytest.raises(CorruptionError) as ei:
+        DataDir.open(str(path), create=False)
+    assert ei.value.path == str(path / "meta")
+
+
+# -- snapshots, segments -----------------------------------------------------------------
+
+CRASHER = """
+import os, sys
+sys.path.insert(0, sys.argv[3])
+from doozer import storage
+
+real = storage.os
+point = sys.argv[2]
+
+
+class Crash:
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+    def replace(self, src, dst):
+        if point == "before-rename":
+            os._exit(3)
+        real.replace(src, dst)
+
+    def unlink(self, p):
+        if point == "before-cleanup" and not p.endswith(".tmp"):
+            os._exit(3)
+        real.unlink(p)
+
+
+d = storage.DataDir.open(sys.argv[1], create=False)
+d.load()
+d.append([["late", 1], ["late", 2]])
+d.sync()
+storage.os = Crash()
+d.save_snapshot({"instance": 9, "v": "new" * 10000})
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("point", ["before-rename", "before-cleanup"])
+def test_crash_inside_save_snapshot_leaves_a_whole_state(tmp_path: Path, point: str) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(3))
+    d.save_snapshot({"instance": 4, "v": "old"})
+    d.append(recs(2, 3))
+    d.sync()
+    d.close()
+    r = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(path), point, str(ROOT)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 3, r.stderr.decode()
+    if point == "before-rename":
+        assert list(path.glob("*.tmp")), "the crash came after the temp file was written"
+    d, snap, got = reopen(path)
+    d.close()
+    assert not list(path.glob("*.tmp"))
+    if point == "before-rename":
+        assert snap == {"instance": 4, "v": "old"}
+        assert got == [*recs(2, 3), ["late", 1], ["late", 2]]
+    else:
+        assert snap == {"instance": 9, "v": "new" * 10000}
+        assert got == []
+    assert len(snapshots(path)) == 1 and len(segments(path)) == 1
+
+
+def test_segments_roll_and_a_snapshot_removes_what_it_covers(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, segment_bytes=4096)
+    for k in range(20):
+        d.append(recs(5, 5 * k))
+        d.sync()
+    segs = segments(path)
+    assert len(segs) >= 3
+    # segment names are their first record's seq, and records run on across them
+    firsts = [int(s.name[4:-4]) for s in segs]
+    assert firsts[0] == 0 and firsts == sorted(firsts)
+    assert sum(len(frames(s.read_bytes())) for s in segs) == 100
+    d.close()
+    d, snap, got = reopen(path, segment_bytes=4096)
+    assert snap is None and got == recs(100)
+    size = d.log_bytes_since_snapshot()
+    assert size == sum(s.stat().st_size - SEG_HDR for s in segs)
+
+    d.append(recs(1, 100))  # pending records are covered by the snapshot too
+    d.save_snapshot({"instance": 50, "x": 1})
+    assert [s.name for s in segments(path)] == [f"log-{101:020d}.wal"]
+    assert [s.name for s in snapshots(path)] == [f"snap-{50:020d}-{101:020d}.snap"]
+    d.append(recs(3, 200))
+    d.sync()
+    d.close()
+    d, snap, got = reopen(path, segment_bytes=4096)
+    d.close()
+    assert snap == {"instance": 50, "x": 1} and got == recs(3, 200)
+
+
+def test_snapshot_with_the_same_instance_replaces_and_records_since_are_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.save_snapshot({"instance": 0})  # empty log: nothing to roll
+    d.save_snapshot({"instance": 0, "again": True})
+    d.append(recs(2))
+    d.sync()
+    d.close()
+    d, snap, got = reopen(path)
+    d.close()
+    assert snap == {"instance": 0, "again": True} and got == recs(2)
+    assert len(snapshots(path)) == 1
+
+
+# -- locking and format --------------------------------------------------------------------
+
+HOLDER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from doozer.storage import DataDir
+d = DataDir.open(sys.argv[1], create=False)
+print("ready", flush=True)
+sys.stdin.read()
+d.close()
+"""
+
+
+def _readline(proc: subprocess.Popen, deadline_s: float) -> bytes:
+    assert proc.stdout is not None
+    end = time.monotonic() + deadline_s
+    line = b""
+    while not line.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise TimeoutError(f"no line from the child (have {line!r})")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 100)
+            if not chunk:
+                raise EOFError(f"child closed stdout (have {line!r})")
+            line += chunk
+    return line
+
+
+def test_lock_names_the_process_that_holds_the_dir(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    fresh(path).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(ROOT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert _readline(proc, 30) == b"ready\n"
+        with pytest.raises(StorageError, match=f"is in use by process {proc.pid}$"):
+            DataDir.open(str(path), create=True)
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    d = DataDir.open(str(path), create=False)  # free again
+    with pytest.raises(StorageError, match=f"in use by process {os.getpid()}"):
+        DataDir.open(str(path), create=False)
+    d.close()
+
+
+WRITER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from doozer.storage import DataDir
+d = DataDir.open(sys.argv[1], create=True)
+snap, got = d.load()
+n = (snap["n"] if snap else 0) + len(got)
+k = 0
+while True:
+    batch = [["r", n + i, "x" * (i * 37 % 300)] for i in range(k % 7 + 1)]
+    d.append(batch)
+    d.sync()
+    n += len(batch)
+    k += 1
+    if k % 40 == 0:
+        d.save_snapshot({"instance": k, "n": n})
+    print(n, flush=True)
+"""
+
+
+def test_kill_9_loses_no_synced_record(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    rng = random.Random(4)
+    for _ in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(ROOT)],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            acked = 0
+            target = rng.randrange(1, 300)
+            end = time.monotonic() + 30
+            while acked < target:  # records the writer reported synced
+                assert time.monotonic() < end, "writer too slow"
+                line = _readline(proc, end - time.monotonic())
+                acked = int(line.split()[-1])
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        d, snap, got = reopen(path)
+        d.close()
+        base = snap["n"] if snap else 0
+        assert [r[1] for r in got] == list(range(base, base + len(got)))
+        assert base + len(got) >= acked
+
+
+def test_format_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    fresh(path).close()
+    assert (path / "FORMAT").read_bytes() == b"doozer-data 1\n"
+    (path / "FORMAT").write_bytes(b"doozer-data 2\n")
+    with pytest.raises(StorageError, match="format version 2"):
+        DataDir.open(str(path), create=True)
+    (path / "FORMAT").write_bytes(b"something else")
+    with pytest.raises(StorageError, match="FORMAT"):
+        DataDir.open(str(path), create=True)
+    (path / "FORMAT").unlink()
+    with pytest.raises(StorageError, match="not a doozer data dir"):
+        DataDir.open(str(path), create=True)  # holds files, but no FORMAT
+    with pytest.raises(StorageError, match="no data dir"):
+        DataDir.open(str(tmp_path / "nope"), create=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no FORMAT"):
+        DataDir.open(str(tmp_path / "empty"), create=False)
+
+
+# -- I/O errors -----------------------------------------------------------------------------
+
+
+def _seg_size(path: Path) -> int:
+    return segments(path)[-1].stat().st_size
+
+
+def test_disk_full_in_sync_keeps_what_was_durable_and_retries(
+    tmp_path: Path, fos: FaultyOS
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(3))
+    d.sync()
+    size = _seg_size(path)
+    fos.space = 200  # part of the next batch fits
+    d.append(recs(3, 3))
+    with pytest.raises(StorageError, match="No space left") as ei:
+        d.sync()
+    assert segments(path)[-1].name in str(ei.value)
+    assert _seg_size(path) == size  # the partial batch was taken back
+    with pytest.raises(StorageError):
+        d.sync()
+    d.append(recs(1, 6))  # appends go on while the disk is full
+    fos.space = None
+    d.sync()
+    d.close()
+    d, _, got = reopen(path)
+    d.close()
+    assert got == recs(7) and d.notes == []
+
+
+def test_fsync_error_rewrites_the_batch_on_retry(tmp_path: Path, fos: FaultyOS) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(2))
+    d.sync()
+    size = _seg_size(path)
+    fos.fail["fdatasync"] = errno.EIO
+    d.append(recs(2, 2))
+    with pytest.raises(StorageError, match="Input/output error"):
+        d.sync()
+    assert _seg_size(path) == size
+    del fos.fail["fdatasync"]
+    fos.calls.clear()
+    d.sync()
+    assert fos.calls["pwrite"] == 1  # written again, not just fsynced again
+    d.close()
+    d, _, got = reopen(path)
+    d.close()
+    assert got == recs(4)  # once each
+
+
+def test_failed_sync_that_cannot_truncate_leaves_a_torn_tail_at_worst(
+    tmp_path: Path, fos: FaultyOS
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(2))
+    d.sync()
+    fos.space = 100
+    fos.fail["ftruncate"] = errno.EIO
+    d.append(recs(2, 2))
+    with pytest.raises(StorageError):
+        d.sync()
+    d.close()  # a crash now
+    fos.space = None
+    del fos.fail["ftruncate"]
+    d, _, got = reopen(path)
+    assert got == recs(2) and len(d.notes) == 1
+    d.close()
+
+    # without a crash, the next sync takes the partial write back first
+    d, _, _ = reopen(path)
+    fos.space = 100
+    fos.fail["ftruncate"] = errno.EIO
+    d.append(recs(2, 2))
+    with pytest.raises(StorageError):
+        d.sync()
+    fos.space = None
+    del fos.fail["ftruncate"]
+    d.sync()
+    d.close()
+    d, _, got = reopen(path)
+    d.close()
+    assert got == recs(4) and d.notes == []
+
+
+def test_disk_full_in_save_snapshot_keeps_the_old_state(tmp_path: Path, fos: FaultyOS) -> None:
+    path = tmp_path / "d"
+    d = fresh(path)
+    d.append(recs(2))
+    d.save_snapshot({"instance": 1, "v": "old"})
+    d.append(recs(2, 2))
+    d.sync()
+    before = sorted(p.name for p in path.iterdir())
+    fos.space = 1000
+    with pytest.raises(StorageError, match="No space left"):
+        d.save_snapshot({"instance": 2, "v": "x" * 5000})
+    assert sorted(p.name for p in path.iterdir()) == before  # no temp file left behind
+    fos.space = None
+    d.append(recs(1, 4))
+    d.sync()
+    d.close()
+    d, snap, got = reopen(path)
+    assert snap == {"instance": 1, "v": "old"} and got == recs(3, 2)
+    d.save_snapshot({"instance": 2, "v": "new"})  # works again with room
+    d.close()
+    d, snap, got = reopen(path)
+    d.close()
+    assert snap == {"instance": 2, "v": "new"} and got == []
+
+
+def test_roll_that_cannot_create_a_segment_goes_on_in_the_old_one(
+    tmp_path: Path, fos: FaultyOS
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, segment_bytes=1024)
+    fos.fail_create = (".wal", errno.ENOSPC)
+    d.append(recs(10))
+    d.sync()  # durable; the roll fails quietly
+    assert len(segments(path)) == 1
+    d.save_snapshot({"instance": 3})  # the snapshot lands; its new segment does not
+    d.append(recs(2, 10))
+    d.sync()
+    fos.fail_create = None
+    d.append(recs(10, 12))
+    d.sync()  # rolls now
+    assert len(segments(path)) == 2
+    d.close()
+    d, snap, got = reopen(path, segment_bytes=1024)
+    d.close()
+    assert snap == {"instance": 3} and got == recs(12, 10)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_full_tmpfs(tmpfs: Path) -> None:
+    path = tmpfs / "d"
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\0" * (256 << 10))
+    d = fresh(path)
+    synced: list[list] = []
+    err = None
+    for k in range(2000):  # 1 MiB fills long before
+        batch = recs(8, 8 * k, size=1000)
+        d.append(batch)
+        try:
+            d.sync()
+        except StorageError as e:
+            err = e
+            break
+        synced += batch
+    assert err is not None and "No space left" in str(err)
+    with pytest.raises(StorageError, match="No space left"):
+        d.save_snapshot({"instance": 1, "v": "x" * 300_000})
+    assert not list(path.glob("*.tmp"))
+    d.close()  # a stop with the batch unsynced: nothing durable is harmed
+    d, snap, got = reopen(path)
+    assert snap is None and got == synced and d.notes == []
+    d.append(batch)
+    with pytest.raises(StorageError):
+        d.sync()  # still full
+    filler.unlink()  # space returns
+    d.sync()
+    d.close()
+    d, _, got = reopen(path)
+    d.close()
+    assert got == [*synced, *batch]
