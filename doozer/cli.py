@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     if commands is not None:
         commands.add_parsers(sub)
 
+    from doozer import backup
+
+    backup.add_parsers(sub)
+
     try:
         from doozer import bench
     except ImportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import random
 import secrets
@@ -28,12 +29,15 @@ from doozer.mutation import DEL, SET, Mutation
 from doozer.node import Node
 from doozer.peer import PeerHub
 from doozer.sequencer import Proposal
+from doozer.storage import DataDir, StorageError
 from doozer.store import Event, Store
 from doozer.version import __version__
 
 log = logging.getLogger("doozer")
 
 TICK = 0.01  # s between replica ticks
+SNAP_REVS = 20_000  # snapshot the store every this many revs ...
+SNAP_BYTES = 64 << 20  # ... or this many bytes of log
 KEEP_DECIDED = 20_000  # decided instances kept for peers that catch up from the log
 KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets a snapshot
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
@@ -55,8 +59,16 @@ class ClusterSequencer:
         durable: DurableState | None = None,
         applied: int | None = None,
         rng: random.Random | None = None,
+        datadir: DataDir | None = None,
+        snap_revs: int = SNAP_REVS,
+        snap_bytes: int = SNAP_BYTES,
     ) -> None:
         self.node_id = node_id
+        self.datadir = datadir
+        self.snap_revs = snap_revs
+        self.snap_bytes = snap_bytes
+        self.disk_error: str | None = None
+        self._snap_rev = 0
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
         self.secret = secret
@@ -124,10 +136,10 @@ class ClusterSequencer:
             # A joiner talks to us before its /ctl/node entries exist: answer
             # it at the address it introduced itself with.
             nid, addr = hello.get("node"), hello.get("addr")
-            if isinstance(nid, str) and isinstance(addr, str) and addr:
-                if self._hello_addrs.get(nid) != addr:
-                    self._hello_addrs[nid] = addr
-                    self._refresh_peers()
+            fresh = isinstance(nid, str) and isinstance(addr, str) and addr
+            if fresh and self._hello_addrs.get(nid) != addr:
+                self._hello_addrs[nid] = addr
+                self._refresh_peers()
         return proto
 
     def propose(self, p: Proposal) -> None:
@@ -155,6 +167,8 @@ class ClusterSequencer:
         return self.replica.leader
 
     def writable(self) -> str | None:
+        if self.disk_error:
+            return f"this node cannot write to its data dir: {self.disk_error}"
         return None
 
     def close(self) -> None:
@@ -218,6 +232,8 @@ class ClusterSequencer:
             return
         assert self._loop is not None
         now = self._loop.time()
+        if self.disk_error and self._persist([]):
+            self._kick()
         self.replica.tick(now)
         self._process()
         self._retry(now)
@@ -240,10 +256,11 @@ class ClusterSequencer:
             if not r.has_ready():
                 break
             rd = r.ready()
-            # Durable records go to disk before messages leave (the storage
-            # issue makes this real); in memory there is nothing to do.
-            for to, msg in rd.messages:
-                self.hub.send(to, msg)
+            # Promises and acceptances reach the disk before any message
+            # that depends on them leaves (one fsync for the whole Ready).
+            if self._persist(rd.persist):
+                for to, msg in rd.messages:
+                    self.hub.send(to, msg)
             for inst, batch in rd.decided:
                 props = [Proposal.from_wire(w) for w in batch]
                 node.apply_batch(props)
@@ -267,6 +284,71 @@ class ClusterSequencer:
         if self._nodes_dirty:
             self._refresh_peers()
         self._after_apply()
+        self._maybe_snapshot()
+
+    # -- the data dir ------------------------------------------------------------
+
+    def _persist(self, records: list[list]) -> bool:
+        """Make records durable; False (and writes refused) while the disk fails."""
+        dd = self.datadir
+        if dd is None:
+            return True
+        if records:
+            dd.append(records)
+        if dd.pending_bytes() == 0:
+            return True
+        try:
+            dd.sync()
+        except StorageError as e:
+            if self.disk_error is None:
+                log.error("data dir: %s; refusing writes until it recovers", e)
+            self.disk_error = str(e)
+            return False
+        if self.disk_error is not None:
+            log.info("data dir writable again")
+            self.disk_error = None
+        return True
+
+    def drain_persist(self) -> None:
+        """Persist what the replica has emitted so far (before the loop runs)."""
+        r = self.replica
+        if r.has_ready():
+            rd = r.ready()
+            self._persist(rd.persist)
+            for to, msg in rd.messages:
+                if self.hub is not None:
+                    self.hub.send(to, msg)
+
+    def save_snapshot(self) -> None:
+        """Write the node's state at the applied instance, with the acceptor's
+        durable state, and let the replica forget what it covers."""
+        dd, node = self.datadir, self.node
+        if dd is None or node is None:
+            return
+        snap = {
+            "instance": self.applied_instance,
+            "node": node.snapshot(),
+            "durable": self.replica.ds.to_json(),
+        }
+        try:
+            dd.save_snapshot(snap)
+        except StorageError as e:
+            log.error("snapshot failed: %s", e)
+            self.disk_error = str(e)
+            return
+        self._snap_rev = node.store.rev
+        self.replica.compact(self.applied_instance)
+        self._kick()
+
+    def _maybe_snapshot(self) -> None:
+        dd, node = self.datadir, self.node
+        if dd is None or node is None or self.disk_error or self.replica.has_ready():
+            return
+        if (
+            node.store.rev - self._snap_rev >= self.snap_revs
+            or dd.log_bytes_since_snapshot() >= self.snap_bytes
+        ):
+            self.save_snapshot()
 
     def _after_apply(self) -> None:
         node = self.node
@@ -285,7 +367,13 @@ class ClusterSequencer:
             for fn in self.on_change:
                 fn()
         kept = self._kept
-        if len(kept) > 2 * KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES:
+        if self.datadir is not None:
+            # compaction follows the data dir's snapshots (save_snapshot): a
+            # compaction record ahead of the newest snapshot would lose
+            # decided instances at the next restart
+            kept.clear()
+            self._kept_bytes = 0
+        elif len(kept) > 2 * KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES:
             # Forget the oldest decided instances: down to half the budget.
             upto = 0
             while kept and (len(kept) > KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES // 2):
@@ -527,11 +615,71 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
     from doozer import serve as serve_mod
     from doozer.server import Server
 
-    node_id = secrets.token_hex(8)
     config = make_config(args)
-    if args.attach:
+    dd: DataDir | None = None
+    snap: dict | None = None  # a peer's snapshot to start from (joining)
+    resumed = False
+    if not args.mem:
+        try:
+            dd = DataDir.open(args.data_dir, create=True)
+            saved, records = dd.load()
+        except StorageError as e:
+            log.error("%s", e)
+            if dd is not None:
+                dd.close()
+            return 1
+        if not dd.is_new():
+            resumed = True
+    if resumed:
+        assert dd is not None and dd.meta is not None
+        meta = dd.meta
+        node_id, cluster_id = meta["node_id"], meta["cluster_id"]
+        name = meta.get("cluster_name", args.cluster)
+        if args.cluster_explicit and args.cluster != name:
+            log.error("%s holds cluster %r, not %r (-c)", args.data_dir, name, args.cluster)
+            dd.close()
+            return 2
+        args.cluster = name
+        durable = DurableState.from_json(saved["durable"]) if saved else DurableState()
+        gc_was = gc.isenabled()
+        gc.disable()  # replaying many small records: the collector only slows it down
+        try:
+            for rec in records:
+                durable.apply(rec)
+        finally:
+            if gc_was:
+                gc.enable()
+        applied = int(saved["instance"]) if saved else 0
+        store = (
+            Store.restore(saved["node"]["store"], hist=args.hist, hist_bytes=args.hist_bytes)
+            if saved
+            else Store(hist=args.hist, hist_bytes=args.hist_bytes)
+        )
+        seq = ClusterSequencer(
+            node_id=node_id,
+            cluster_name=args.cluster,
+            cluster_id=cluster_id,
+            secret=secret,
+            config=config,
+            readonly=args.readonly,
+            durable=durable,
+            applied=applied,
+            datadir=dd,
+            snap_revs=args.snap_revs,
+            snap_bytes=args.snap_bytes,
+        )
+        if args.attach:
+            log.info(
+                "%s holds this node's state: resuming as %s, not joining anew",
+                args.data_dir,
+                node_id,
+            )
+    elif args.attach:
+        node_id = secrets.token_hex(8)
         joined = await join_info(args, secret)
         if joined is None:
+            if dd is not None:
+                dd.close()
             return 2
         info, snap = joined
         cluster_id = info["id"]
@@ -543,9 +691,12 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             secret=secret,
             config=config,
             readonly=args.readonly,
+            datadir=dd,
+            snap_revs=args.snap_revs,
+            snap_bytes=args.snap_bytes,
         )
     else:
-        snap = None
+        node_id = secrets.token_hex(8)
         cluster_id = secrets.token_hex(8)
         store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
         seq = ClusterSequencer(
@@ -555,6 +706,9 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             secret=secret,
             config=config,
             readonly=args.readonly,
+            datadir=dd,
+            snap_revs=args.snap_revs,
+            snap_bytes=args.snap_bytes,
         )
         seq.replica.bootstrap([node_id])
     node = Node(
@@ -564,6 +718,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         readonly=args.readonly,
         default_timeout=args.request_timeout,
     )
+    if resumed and saved:
+        node.install_snapshot(saved["node"])
     server = Server(
         node,
         secret=secret,
@@ -575,6 +731,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         bound_host, bound_port = await server.start(host, port)
     except OSError as e:
         log.error("cannot listen on %s: %s", args.listen, e)
+        if dd is not None:
+            dd.close()
         return 1
     node.addr = args.advertise or f"{bound_host}:{bound_port}"
     if snap is not None:
@@ -583,16 +741,28 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         meta = snap["meta"]
         seq.replica.install_snapshot(int(meta["instance"]), schedule_from_wire(meta["schedule"]))
         seq.applied_instance = int(meta["instance"])
+    if dd is not None and not resumed:
+        # who we are, and (joining) the state we start from, before anything else
+        seq.drain_persist()
+        dd.write_meta({"node_id": node_id, "cluster_name": args.cluster, "cluster_id": cluster_id})
+        if snap is not None:
+            seq.node = node
+            seq.save_snapshot()
     node.start()
     if args.mem:
         log.warning(
             "--mem: nothing is kept on disk; a member's data survives only while a quorum stays up"
         )
-    else:
-        log.warning(
-            "durability is not implemented yet: %s is not used; data lives in memory", args.data_dir
+    if resumed:
+        log.info(
+            "node %s listening on %s: resumed from %s at rev %d (cluster %r)",
+            node_id,
+            node.addr,
+            args.data_dir,
+            node.store.rev,
+            args.cluster,
         )
-    if snap is None:
+    elif snap is None:
         await serve_mod.write_initial_ctl(node, args.cluster, args.cals)
         log.info(
             "node %s listening on %s: new cluster %r (%d slots)",
@@ -615,6 +785,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
     except OSError as e:
         log.error("%s", e)
         await serve_mod.shutdown(server, node, None)
+        if dd is not None:
+            dd.close()
         return 1
     tasks = [asyncio.ensure_future(housekeeping(node, seq, args))]
     code = await serve_mod.wait_for_signal()
@@ -627,6 +799,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             await wait_until(lambda: not seq.replica.is_leader, 1.0)
             log.info("handed leadership to %s", to)
     await serve_mod.shutdown(server, node, web)
+    if dd is not None:
+        dd.close()
     return code
 
 
@@ -711,9 +885,10 @@ async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespa
         try:
             if seq.replica.is_leader:
                 seq.check_followers(args.timeout)
-            # our entries were removed (we were silent too long): write them again
-            _, rev = node.store.get(f"/ctl/node/{node.node_id}/addr")
-            if rev == 0 and seq.replica.leader is not None:
+            # our entries were removed (we were silent too long), or name an
+            # old address (a restart, a restored backup): write them again
+            addr, _ = node.store.get(f"/ctl/node/{node.node_id}/addr")
+            if addr != node.addr.encode() and seq.replica.leader is not None:
                 await write_node_entries(node)
             if args.readonly or claiming or node.node_id in seq._members:
                 continue

@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="join the cluster of this live node (repeatable)",
     )
-    p.add_argument("-c", "--cluster", default="local", metavar="NAME", help="cluster name")
+    p.add_argument(
+        "-c", "--cluster", default=None, metavar="NAME", help="cluster name (default local)"
+    )
     p.add_argument(
         "-w",
         "--web",
@@ -110,6 +112,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--secret-file", metavar="FILE", help="file holding the access secret (else $DOOZER_SECRET)"
     )
     p.add_argument(
+        "--snap-revs",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="snapshot the store every N revs (default %(default)s)",
+    )
+    p.add_argument(
+        "--snap-bytes",
+        type=int,
+        default=64 << 20,
+        metavar="BYTES",
+        help="... or every BYTES of log (default 64 MiB)",
+    )
+    p.add_argument(
         "--single",
         action="store_true",
         help="run without consensus (one member, never joinable); for measuring the core",
@@ -146,6 +162,8 @@ def setup_logging(level: str, node_id: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    args.cluster_explicit = args.cluster is not None
+    args.cluster = args.cluster or "local"
     try:
         host, port = split_addr(args.listen)
         if args.advertise:
