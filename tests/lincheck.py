@@ -20,6 +20,7 @@ non-linearizable window.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,8 @@ class Op:
         }.get(self.kind, f"{self.expect!r}, {self.value!r}")
         out = "" if self.ret is None or self.kind in ("set", "del") else f" => {self.output!r}"
         who = f"client {self.client} " if self.client is not None else ""
-        return f"[{self.call:.6f} .. {ret}] {who}{self.kind}({self.key!r}{', ' if args else ''}{args}){out}"
+        sep = ", " if args else ""
+        return f"[{self.call:.6f} .. {ret}] {who}{self.kind}({self.key!r}{sep}{args}){out}"
 
 
 class Model:
@@ -72,6 +74,10 @@ class Model:
     def is_read(self, op: Op) -> bool:
         """An op without effect: dropped when it got no response."""
         return op.kind == "get"
+
+    def quick_violation(self, ops: list[Op]) -> tuple[list[Op], Op] | None:
+        """A cheap proof of a violation (window, offending op), or None: try the search."""
+        return None
 
     def states(self, ops: list[Op]) -> list[Hashable]:
         """Candidate states at the start of a window of ops (for the report's left cut):
@@ -120,6 +126,46 @@ class RegisterModel(Model):
 
     def states(self, ops: list[Op]) -> list[Hashable]:
         return [_ANY]
+
+    def quick_violation(self, ops: list[Op]) -> tuple[list[Op], Op] | None:
+        """With every value written at most once, a read proves a violation if its value
+        was never written, was written only after the read returned, or was certainly
+        overwritten before the read began (the classic stale read)."""
+        writers: dict[Hashable, Op] = {}
+        for op in ops:
+            if op.kind in ("set", "cas") and op.value is not None:
+                if op.value in writers:
+                    return None  # values are not unique: no shortcut
+                writers[op.value] = op
+        # writes certainly in effect: answered sets / deletes / successful cas
+        eff = sorted(
+            (
+                op
+                for op in ops
+                if op.ret is not None
+                and (op.kind in ("set", "del") or (op.kind == "cas" and op.output))
+            ),
+            key=lambda o: o.call,
+        )
+        calls = [o.call for o in eff]
+        suffix_min: list[tuple[float, int]] = [(_INF, -1)] * (len(eff) + 1)
+        for k in range(len(eff) - 1, -1, -1):
+            suffix_min[k] = min(suffix_min[k + 1], (eff[k].ret, k))  # type: ignore[arg-type]
+        for op in ops:
+            if op.kind != "get" or op.ret is None or op.output is None:
+                continue
+            w = writers.get(op.output)
+            if w is None:
+                return [op], op
+            if w.call > op.ret or (w.kind == "cas" and w.ret is not None and not w.output):
+                return [w, op], op
+            if w.ret is None:
+                continue
+            k = bisect.bisect_right(calls, w.ret)
+            ret, j = suffix_min[k]
+            if ret < op.call:
+                return [w, eff[j], op], op
+        return None
 
 
 class FileModel(Model):
@@ -205,7 +251,10 @@ class Result:
         return self.outcome == OK
 
     def report(self) -> str:
-        head = f"linearizability: {self.outcome} ({self.ops} ops, {self.keys} keys, {self.elapsed:.2f}s)"
+        head = (
+            f"linearizability: {self.outcome} "
+            f"({self.ops} ops, {self.keys} keys, {self.elapsed:.2f}s)"
+        )
         if self.outcome == OK:
             return head
         lines = [head]
@@ -238,9 +287,7 @@ class _Node:
         self.next: _Node | None = None
 
 
-def _search(
-    ops: list[Op], model: Model, init: Hashable, deadline: float
-) -> tuple[bool, int, int]:
+def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tuple[bool, int, int]:
     """Depth-first search for a linearization. Returns (ok, depth, stuck op index).
     Raises _Budget past the deadline."""
     events: list[tuple[float, int, int, _Node]] = []
@@ -331,7 +378,9 @@ def _prepare(history: Iterable[Op], model: Model) -> dict[Hashable, list[Op]]:
 
 def _cut(ops: list[Op], t: float, model: Model) -> list[int]:
     """Indices of the ops called by time t (ops pending at t will count as unanswered)."""
-    return [i for i, op in enumerate(ops) if op.call <= t and not (model.is_read(op) and _after(op, t))]
+    return [
+        i for i, op in enumerate(ops) if op.call <= t and not (model.is_read(op) and _after(op, t))
+    ]
 
 
 def _after(op: Op, t: float) -> bool:
@@ -342,7 +391,9 @@ def _view(ops: list[Op], idx: list[int], t: float) -> list[Op]:
     return [ops[i] if not _after(ops[i], t) else replace(ops[i], ret=None) for i in idx]
 
 
-def _deepest(view: list[Op], model: Model, states: list[Hashable], deadline: float) -> tuple[bool, int]:
+def _deepest(
+    view: list[Op], model: Model, states: list[Hashable], deadline: float
+) -> tuple[bool, int]:
     """Linearizable from some state? Else the op where the deepest search got stuck."""
     best, stuck = -1, -1
     for s in states:
@@ -356,44 +407,54 @@ def _deepest(view: list[Op], model: Model, states: list[Hashable], deadline: flo
 
 def _minimize(ops: list[Op], model: Model, deadline: float) -> tuple[list[Op], Op | None]:
     """Shrink a non-linearizable history to a small non-linearizable window."""
-    init = [model.init()]
-    # right cut: the earliest response time by which the prefix is already broken
+    init = model.init()
+    # Right cut: the earliest response time by which the prefix is already broken.
     rets = sorted({op.ret for op in ops if op.ret is not None})
     lo, hi = 0, len(rets) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         t = rets[mid]
-        if _search(_view(ops, _cut(ops, t, model), t), model, init[0], deadline)[0]:
+        if _search(_view(ops, _cut(ops, t, model), t), model, init, deadline)[0]:
             lo = mid + 1
         else:
             hi = mid
     t_end = rets[lo] if rets else _INF
     win = _cut(ops, t_end, model)
-    # left cut: quiescent points, where every answered op called earlier has returned
-    points = []
-    pending_until = -_INF
-    for k, i in enumerate(win):
-        op = ops[i]
-        if k and op.call > pending_until:
-            points.append(k)
-        if not _after(op, t_end):
-            pending_until = max(pending_until, op.ret)  # type: ignore[arg-type]
 
-    def tail(k: int) -> list[int]:
-        return [i for i in win[:k] if _after(ops[i], t_end)] + win[k:]
+    # Left cut at time t: keep the ops called from t on; of the earlier ones keep only
+    # writes still pending at t, as unanswered. Sound from any start state: in a
+    # linearization of the whole, every dropped op precedes the ops called after t,
+    # and the kept pending writes either follow the last dropped op or are absorbed
+    # into the start state.
+    def tail(t: float) -> list[Op]:
+        out = []
+        for i in win:
+            op = ops[i]
+            if op.call >= t:
+                out.append(op if not _after(op, t_end) else replace(op, ret=None))
+            elif _after(op, t) and not model.is_read(op):
+                out.append(replace(op, ret=None))
+        return out
 
-    lo, hi = 0, len(points)
-    while lo < hi:  # the latest point whose tail is still broken from any start state
+    calls = sorted({ops[i].call for i in win})
+    lo, hi = 0, len(calls) - 1
+    while lo < hi:  # the latest cut whose tail is still broken from any start state
         mid = (lo + hi + 1) // 2
-        view = _view(ops, tail(points[mid - 1]), t_end)
+        view = tail(calls[mid])
         if _deepest(view, model, model.states(view), deadline)[0]:
             hi = mid - 1
         else:
             lo = mid
-    small = tail(points[lo - 1]) if lo else win
-    view = _view(ops, small, t_end)
-    _, stuck = _deepest(view, model, model.states(view) if lo else init, deadline)
-    return [ops[i] for i in small], (ops[small[stuck]] if stuck >= 0 else None)
+    view = tail(calls[lo]) if lo else _view(ops, win, t_end)
+    ok, stuck = _deepest(view, model, model.states(view) if lo else [init], deadline)
+    if ok:  # the bisection is not strictly monotone: fall back to the whole prefix
+        view = _view(ops, win, t_end)
+        _, stuck = _deepest(view, model, [init], deadline)
+    # report the ops as they were recorded (answered ones with their answers)
+    by_id = {id(ops[i]): ops[i] for i in win}
+    orig = {(o.call, o.kind, o.key, o.client, repr(o.value)): o for o in by_id.values()}
+    report = [orig.get((o.call, o.kind, o.key, o.client, repr(o.value)), o) for o in view]
+    return report, (report[stuck] if stuck >= 0 else None)
 
 
 def check(history: Iterable[Op], model: Model = REGISTER, budget_s: float = 10.0) -> Result:
@@ -405,6 +466,12 @@ def check(history: Iterable[Op], model: Model = REGISTER, budget_s: float = 10.0
     res = Result(OK, ops=total, keys=len(parts))
     for key in sorted(parts, key=repr):
         ops = parts[key]
+        quick = model.quick_violation(ops)
+        if quick is not None:
+            res.outcome = VIOLATION
+            res.key = key
+            res.window, res.stuck = quick
+            break
         try:
             ok, _, stuck = _search(ops, model, model.init(), deadline)
         except _Budget:

@@ -186,3 +186,79 @@ def test_joining_node_refuses_other_cluster_name():
             assert "refusing to join" in n.log()
         finally:
             n.kill()
+
+
+class Proxy:
+    """tests/faultproxy.py as a subprocess in front of one node's port."""
+
+    def __init__(self, target: str) -> None:
+        import subprocess
+        import sys
+
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "tests.faultproxy", "--target", target],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        assert line.startswith("listening "), line
+        self.addr = line.split()[1]
+
+    def cmd(self, c: str) -> str:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write(c + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait(5)
+
+
+def test_member_cut_off_from_peers_majority_goes_on_and_it_catches_up():
+    from tests.nodeproc import NodeProc, free_port
+
+    port_c = free_port()
+    proxy = Proxy(f"127.0.0.1:{port_c}")
+    nodes: list[NodeProc] = []
+    try:
+        a = NodeProc("--election-timeout", "0.5", "--cals=3").start()
+        nodes.append(a)
+        b = NodeProc("--election-timeout", "0.5", "-a", a.addr).start()
+        nodes.append(b)
+        # peers reach C only through the proxy (C advertises it)
+        cnode = NodeProc(
+            "--election-timeout", "0.5", "-a", a.addr, "--advertise", proxy.addr, port=port_c
+        ).start()
+        nodes.append(cnode)
+        c = Cluster(3)
+        c.nodes = nodes
+        c.wait_members(3)
+        assert "rev" in write(a.addr, "/before", "1")
+        assert proxy.cmd("block").startswith("ok")
+        # the majority keeps writing (C may have been the leader)
+        wait_for(lambda: "rev" in write(b.addr, "/during", "2", timeout=2), 20, "majority writes")
+        for i in range(20):
+            assert "rev" in write(a.addr, f"/during/{i}", "x", timeout=5)
+        # C cannot confirm a linearizable read or a write: UNAVAILABLE, in time
+        r = call(cnode.addr, {"verb": "GET", "path": "/during", "timeout": 1}, 5)
+        assert r.get("err_code") == "UNAVAILABLE", r
+        assert "rev" in call(cnode.addr, {"verb": "GET", "path": "/before", "stale": True})
+        assert proxy.cmd("unblock").startswith("ok")
+        last = call(a.addr, {"verb": "REV"})["rev"]
+        wait_for(
+            lambda: call(cnode.addr, {"verb": "REV", "stale": True})["rev"] >= last,
+            30,
+            "cut-off member catches up",
+        )
+        assert call(cnode.addr, {"verb": "GET", "path": "/during/19"})["value"] == "x"
+        # nobody was removed
+        slots = call(a.addr, {"verb": "WALK", "path": "/ctl/cal/*"})["files"]
+        assert all(f["value"] for f in slots)
+    finally:
+        for n in nodes:
+            n.stop(5)
+        proxy.close()

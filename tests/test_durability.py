@@ -73,7 +73,7 @@ def test_single_node_kill9_under_load_loses_nothing(tmp_path):
             acked.update(w.acked)
             node = durable_node(tmp_path / "d", port).start()
             wait_for(
-                lambda: "rev" in call(node.addr, {"verb": "REV", "timeout": 1}, 5),
+                lambda n=node: "rev" in call(n.addr, {"verb": "REV", "timeout": 1}, 5),
                 20,
                 "restarted node answers",
             )
@@ -113,7 +113,7 @@ def test_three_nodes_all_killed_together_lose_nothing(tmp_path):
             acked.update(w.acked)
             nodes = [start(i, False) for i in range(3)]
             wait_for(
-                lambda: "rev" in call(nodes[1].addr, {"verb": "REV", "timeout": 1}, 5),
+                lambda ns=nodes: "rev" in call(ns[1].addr, {"verb": "REV", "timeout": 1}, 5),
                 30,
                 "cluster writable again",
             )

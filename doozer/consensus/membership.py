@@ -39,12 +39,7 @@ def sets_between(schedule: Schedule, lo: int, hi: int) -> list[frozenset[str]]:
 
 def has_quorums(nodes: set[str] | frozenset[str], sets: list[frozenset[str]]) -> bool:
     """True if nodes hold a majority of every set (and there is at least one set)."""
-    if not sets:
-        return False
-    for ms in sets:
-        if len(ms) == 0 or len(nodes & ms) < majority(ms):
-            return False
-    return True
+    return bool(sets) and all(ms and len(nodes & ms) >= majority(ms) for ms in sets)
 
 
 def put(schedule: Schedule, first: int, members: frozenset[str]) -> None:

@@ -200,6 +200,9 @@ class Replica:
         self._sizes: dict[int, int] = {}
         self._boot = False
         self.bad_messages = 0
+        self._sched_ver = 0  # bumped when the schedule may have changed (caches below)
+        self._newest_cache: tuple[Any, frozenset[str] | None] = (None, None)
+        self._sets_cache: tuple[Any, list[frozenset[str]]] = (None, [])
         # outboxes
         self._persist: list[list] = []
         self._msgs: list[tuple[str, dict]] = []
@@ -235,10 +238,12 @@ class Replica:
         """Start a brand-new cluster whose first instances are governed by `members`."""
         if self.ds.schedule or self.commit:
             raise RuntimeError("bootstrap: this replica already has state")
-        self._record(["m", 1, sorted(members)])
-        self._boot = True
-        if self.started is not None:
-            self.election_at = self.now
+        ms = sorted(set(members))
+        self._record(["m", 1, ms])
+        if ms == [self.id]:  # a lone first member elects itself at once
+            self._boot = True
+            if self.started is not None:
+                self.election_at = self.now
 
     def tick(self, now: float) -> None:
         self._time(now)
@@ -376,7 +381,9 @@ class Replica:
         assert ld is not None and rnd is not None
         newest = self._newest() or frozenset()
         et = self._et()
-        live = [x for x in sorted(newest) if x != self.id and self.now - ld.ack_time.get(x, _NEVER) < et]
+        live = [
+            x for x in sorted(newest) if x != self.id and self.now - ld.ack_time.get(x, _NEVER) < et
+        ]
         if not live:
             return None
         best = max(ld.peer_commit.get(x, -1) for x in live)
@@ -469,6 +476,8 @@ class Replica:
     def _record(self, rec: list) -> None:
         self.ds.apply(rec)
         self._persist.append(rec)
+        if rec[0] in ("m", "s", "c"):
+            self._sched_ver += 1
 
     def _send(self, to: str, msg: dict) -> None:
         if to != self.id:
@@ -478,14 +487,20 @@ class Replica:
         return self.applied + self.cfg.alpha
 
     def _newest(self) -> frozenset[str] | None:
-        return members_at(self.ds.schedule, self._known_hi())
+        key = (self._known_hi(), self._sched_ver)
+        if self._newest_cache[0] != key:
+            self._newest_cache = (key, members_at(self.ds.schedule, key[0]))
+        return self._newest_cache[1]
 
     def _eligible(self) -> bool:
         ms = self._newest()
         return ms is not None and self.id in ms
 
     def _sets(self, lo: int) -> list[frozenset[str]]:
-        return sets_between(self.ds.schedule, lo, max(lo, self._known_hi()))
+        key = (lo, self._known_hi(), self._sched_ver)
+        if self._sets_cache[0] != key:
+            self._sets_cache = (key, sets_between(self.ds.schedule, lo, max(lo, key[1])))
+        return self._sets_cache[1]
 
     def _targets(self, lo: int) -> list[str]:
         """Every member of a set governing [lo, applied + alpha], but us (sorted, so a
@@ -577,14 +592,20 @@ class Replica:
 
     def _keepalive(self) -> None:
         """Non-members: (re)register with the leader as a learner and catch up."""
-        self.next_keepalive = self.now + self._et()
+        now = self.now
+        et = self._et()
+        self.next_keepalive = now + et
         to = self.leader if self.leader not in (None, self.id) else None
+        if to is not None and now - self.heard.get(to, _NEVER) > 3 * et and self.started is not None:
+            if now - self.started > 3 * et:
+                to = None  # a silent leader: ask around
         if to is None:
-            ms = self._newest()
-            peers = sorted(ms - {self.id}) if ms else []
+            ms = self._newest() or frozenset()
+            peers = {x for x, t in self.heard.items() if now - t < 3 * et} | ms
+            peers.discard(self.id)
             if not peers:
                 return
-            to = self.rng.choice(peers)
+            to = self.rng.choice(sorted(peers))
         self._fetch(to)
 
     def _entries_from(self, s: int) -> tuple[list, int]:
@@ -677,11 +698,17 @@ class Replica:
         self._check_prevote()
 
     def _check_prevote(self) -> None:
-        if self.role == PRECANDIDATE and self.pv is not None:
-            if has_quorums(self.pv[1], self._sets(self.commit + 1)):
-                self._start_phase1()
+        pv = self.pv
+        if (
+            self.role == PRECANDIDATE
+            and pv is not None
+            and has_quorums(pv[1], self._sets(self.commit + 1))
+        ):
+            self._start_phase1()
 
     def _start_phase1(self) -> None:
+        if self.role == LEADER:
+            self._step_down()  # a new ballot of our own: fail reads, keep the queue
         b: Ballot = (max(self.max_round, self.ds.promised[0]) + 1, self.id)
         self.max_round = b[0]
         self.pv = None
@@ -804,8 +831,6 @@ class Replica:
         if not self._eligible():
             self._resign()
             return
-        if self.now < ld.transfer_until:
-            return
         if ld.next <= rnd.max_d:
             ld.next = rnd.max_d + 1
         if self.commit < rnd.max_d:
@@ -813,6 +838,8 @@ class Replica:
         limit = self._known_hi()
         rec_end = rnd.max_rep
         ds = self.ds
+        if (not self.queue and ld.next > rec_end) or self.now < ld.transfer_until:
+            limit = 0  # nothing to propose, or handing over
         while ld.next <= limit:
             j = ld.next
             if j <= ds.base or j in ds.decided:
@@ -861,6 +888,10 @@ class Replica:
         for x in sorted(ms):
             if x != self.id:
                 self._send(x, msg)
+        if self.commit > ld.sent_commit:
+            sets = self._sets(self.commit + 1)
+            if len(sets) == 1 and sets[0] == ms:
+                ld.sent_commit = self.commit  # the accept told everyone: no commit notice
         if len(p.acks) >= majority(ms):
             self._chosen(j)
 
@@ -997,9 +1028,7 @@ class Replica:
                 continue
             ents, end = self._entries_from(nxt)
             if ents:
-                self._send(
-                    x, {"t": M.ENTRIES, "s": nxt, "e": ents, "c": self.commit, "l": self.id}
-                )
+                self._send(x, {"t": M.ENTRIES, "s": nxt, "e": ents, "c": self.commit, "l": self.id})
             st[0] = end
 
     def _flush_forwards(self) -> None:
@@ -1127,7 +1156,13 @@ class Replica:
         self._learn_commit(b, m["c"])
         self._send(
             x,
-            {"t": M.HEARTBEAT_OK, "b": m["b"], "r": m["r"], "d": self.commit, "s": self._my_suspicions()},
+            {
+                "t": M.HEARTBEAT_OK,
+                "b": m["b"],
+                "r": m["r"],
+                "d": self.commit,
+                "s": self._my_suspicions(),
+            },
         )
 
     def _on_heartbeat_ok(self, x: str, m: dict) -> None:
@@ -1218,11 +1253,11 @@ class Replica:
             self._learn(i, v)
         self._note(x, m["c"])
         lead = m.get("l")
-        if lead is not None and lead != self.id and self.role == FOLLOWER:
-            if self.leader is None or not self._eligible():
-                if self.leader != lead:
-                    self.leader = lead
-                    self._leader_changed()
+        # a learner takes the leader from whoever it fetches from
+        follower = self.role == FOLLOWER and (self.leader is None or not self._eligible())
+        if follower and lead is not None and lead not in (self.id, self.leader):
+            self.leader = lead
+            self._leader_changed()
         if m["e"]:
             self.fetch_until = _NEVER  # progress: ask for the next chunk at once
         if self.role != LEADER:

@@ -29,6 +29,7 @@ class Checker:
         self.states: dict[int, tuple] = {}  # instance -> state machine after applying it
         self.max_instance = 0
         self.acked: dict[str, int] = {}  # acknowledged write id -> instance
+        self.first_applied: dict[int, float] = {}  # instance -> when some node applied it
 
     def on_start(self, n: SimNode) -> None:
         if n.sm is not None:
@@ -54,6 +55,7 @@ class Checker:
         prev = self.decided.get(i)
         if prev is None:
             self.decided[i] = b
+            self.first_applied[i] = self.c.t
             if i > self.max_instance:
                 self.max_instance = i
         elif prev != b:
@@ -68,7 +70,9 @@ class Checker:
         want = n.sm.members()
         got = members_at(r.ds.schedule, i + r.cfg.alpha)
         if got != want:
-            raise self.c.fail(f"{n.id}: schedule says {got} governs {i + r.cfg.alpha}, store {want}")
+            raise self.c.fail(
+                f"{n.id}: schedule says {got} governs {i + r.cfg.alpha}, store {want}"
+            )
 
     def on_ack(self, n: SimNode, op: ClientOp, instance: int) -> None:
         iid = op.iid
@@ -79,8 +83,14 @@ class Checker:
             raise self.c.fail(f"acknowledged write {iid} is not in instance {instance}")
         self.acked[f"{op.client}.{op.call}"] = instance
 
+    def bad_messages(self, n: SimNode) -> None:
+        if n.replica is not None and n.replica.bad_messages:
+            raise self.c.fail(f"{n.id} could not handle {n.replica.bad_messages} message(s)")
+
     def final(self) -> None:
         nodes = list(self.c.nodes.values())
+        for n in nodes:
+            self.bad_messages(n)
         states = {n.id: n.sm.state() for n in nodes if n.sm is not None}
         if len(set(states.values())) != 1:
             raise self.c.fail(f"nodes did not converge: {states}")

@@ -17,7 +17,7 @@ from doozer.consensus import Config, DurableState, Replica
 from .statemachine import StateMachine
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, ClientOp
+    from .cluster import ClientOp, Cluster
 
 
 @dataclass
@@ -184,8 +184,13 @@ class SimNode:
             self.c.admin_ids += 1
             slot = empty[0]
             self.propose_admin(
-                {"id": f"claim.{self.id}.{self.c.admin_ids}", "op": "cal", "slot": slot,
-                 "node": self.id, "if": ""}
+                {
+                    "id": f"claim.{self.id}.{self.c.admin_ids}",
+                    "op": "cal",
+                    "slot": slot,
+                    "node": self.id,
+                    "if": "",
+                }
             )
 
     # ------------------------------------------------------------------ the Ready loop
@@ -271,8 +276,13 @@ class SimNode:
         self.c.stats["suspects"] += 1
         self.c.admin_ids += 1
         self.propose_admin(
-            {"id": f"kick.{self.id}.{self.c.admin_ids}", "op": "cal", "slot": slot, "node": "",
-             "if": m}
+            {
+                "id": f"kick.{self.id}.{self.c.admin_ids}",
+                "op": "cal",
+                "slot": slot,
+                "node": "",
+                "if": m,
+            }
         )
 
     def describe(self) -> dict[str, Any]:

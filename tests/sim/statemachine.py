@@ -55,8 +55,10 @@ class StateMachine:
             self.regs.pop(item["k"], None)
         elif op == "cal":
             s = item["slot"]
-            if s in self.slots and self.slots[s] == item["if"] and (
-                item["node"] or len(self.members() - {self.slots[s]}) > 0
+            if (
+                s in self.slots
+                and self.slots[s] == item["if"]
+                and (item["node"] or len(self.members() - {self.slots[s]}) > 0)
             ):
                 self.slots[s] = item["node"]
                 self._members = None
