@@ -16,6 +16,7 @@ import logging
 import random
 import secrets
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,83 @@ RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed 
 JOIN_LINE_LIMIT = 1 << 30
 
 
+class DiskThread:
+    """The data dir's writer: appends and fsyncs on its own thread, so the
+    event loop keeps serving while the disk works. Jobs run in submission
+    order; all records waiting when a sync starts share it (group commit)."""
+
+    def __init__(self, dd: DataDir, loop: asyncio.AbstractEventLoop) -> None:
+        self.dd = dd
+        self.loop = loop
+        self._jobs: list[tuple[str, Any, Callable[[str | None], None]]] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="doozer-disk", daemon=True)
+        self._thread.start()
+
+    def submit(self, records: list[list], done: Callable[[str | None], None]) -> None:
+        with self._cv:
+            self._jobs.append(("log", records, done))
+            self._cv.notify()
+
+    def snapshot(self, snap: dict, done: Callable[[str | None], None]) -> None:
+        with self._cv:
+            self._jobs.append(("snap", snap, done))
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        dd = self.dd
+        while True:
+            with self._cv:
+                while not self._jobs and not self._closed:
+                    self._cv.wait()
+                if not self._jobs:
+                    return
+                jobs, self._jobs = self._jobs, []
+            i = 0
+            while i < len(jobs):
+                if jobs[i][0] == "snap":
+                    _, snap, done = jobs[i]
+                    err = None
+                    try:
+                        dd.save_snapshot(snap)
+                    except StorageError as e:
+                        err = str(e)
+                    self._post([done], err)
+                    i += 1
+                    continue
+                group = []
+                while i < len(jobs) and jobs[i][0] == "log":
+                    group.append(jobs[i])
+                    i += 1
+                err = None
+                try:
+                    for _, records, _ in group:
+                        if records:
+                            dd.append(records)
+                    if dd.pending_bytes():
+                        dd.sync()
+                except StorageError as e:
+                    err = str(e)
+                self._post([d for _, _, d in group], err)
+
+    def _post(self, dones: list[Callable[[str | None], None]], err: str | None) -> None:
+        def fire() -> None:
+            for d in dones:
+                d(err)
+
+        try:
+            self.loop.call_soon_threadsafe(fire)
+        except RuntimeError:
+            pass  # the loop is closed: we are shutting down
+
+
 class ClusterSequencer:
     """Drives one `Replica` with real time and a `PeerHub`."""
 
@@ -68,6 +146,9 @@ class ClusterSequencer:
         self.snap_revs = snap_revs
         self.snap_bytes = snap_bytes
         self.disk_error: str | None = None
+        self.disk: DiskThread | None = None
+        self._pipeline: deque[list] = deque()
+        self._snapshotting = False
         self._snap_rev = 0
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
@@ -114,6 +195,8 @@ class ClusterSequencer:
     def start(self, node: Node) -> None:
         self.node = node
         self._loop = asyncio.get_running_loop()
+        if self.datadir is not None:
+            self.disk = DiskThread(self.datadir, self._loop)
         node.on_event(self._on_event)
         self.hub = PeerHub(
             self.node_id,
@@ -127,6 +210,8 @@ class ClusterSequencer:
         self._refresh_members()
         self._refresh_peers()
         self._last_progress = self._loop.time()
+        while self._pipeline and self._pipeline[0][1]:
+            self._handle(self._pipeline.popleft()[0])
         self._tick()
 
     def accept_peer(self, transport: Any, hello: dict, rest: bytes) -> asyncio.Protocol | None:
@@ -173,6 +258,8 @@ class ClusterSequencer:
 
     def close(self) -> None:
         self._closed = True
+        if self.disk is not None:
+            self.disk.close()
         if self._ticker is not None:
             self._ticker.cancel()
         if self._snapshot_task is not None:
@@ -232,8 +319,6 @@ class ClusterSequencer:
             return
         assert self._loop is not None
         now = self._loop.time()
-        if self.disk_error and self._persist([]):
-            self._kick()
         self.replica.tick(now)
         self._process()
         self._retry(now)
@@ -250,99 +335,134 @@ class ClusterSequencer:
         if self._closed:
             return
         r = self.replica
-        node = self.node
-        assert node is not None and self.hub is not None
+        assert self.node is not None and self.hub is not None
         for _ in range(1000):
             if not r.has_ready():
                 break
             rd = r.ready()
-            # Promises and acceptances reach the disk before any message
-            # that depends on them leaves (one fsync for the whole Ready).
-            if self._persist(rd.persist):
-                for to, msg in rd.messages:
-                    self.hub.send(to, msg)
-            for inst, batch in rd.decided:
-                props = [Proposal.from_wire(w) for w in batch]
-                node.apply_batch(props)
-                self.applied_instance = inst
-                size = 64 + sum(len(p.m.value) for p in props)
-                self._kept.append((inst, size))
-                self._kept_bytes += size
-                if self._cal_dirty:
-                    self._refresh_members()
-                r.set_membership(inst, self._members)
-                self._wake_reads(inst)
-            for rid, index in rd.read_states:
-                self._read_ready(rid, index)
-            for rid in rd.read_failed:
-                self._read_failed(rid)
-            if rd.need_snapshot:
-                self._fetch_snapshot(rd.need_snapshot)
-            for s in rd.suspects:
-                self._remove_member(s)
             r.advance()
+            # Promises and acceptances reach the disk before any message that
+            # depends on them leaves, and before a decision is applied: a Ready
+            # waits for its records' fsync, and Readys are handled in order.
+            # The fsync runs on the disk thread, so the loop goes on reading
+            # requests meanwhile and the next Ready's records share one fsync.
+            # A Ready holding only decision records need not wait: what was
+            # decided is durable on a quorum already (our own vote included,
+            # synced in an earlier Ready); the records speed up recovery.
+            must_wait = any(rec[0] != "d" for rec in rd.persist)
+            if self.disk is None or (not must_wait and not self._pipeline):
+                if self.disk is not None and rd.persist:
+                    self.disk.submit(rd.persist, self._lazy_synced)
+                self._handle(rd)
+                continue
+            entry = [rd, not rd.persist]
+            self._pipeline.append(entry)
+            if rd.persist:
+                self.disk.submit(rd.persist, lambda err, e=entry: self._synced(e, err))
         if self._nodes_dirty:
             self._refresh_peers()
         self._after_apply()
         self._maybe_snapshot()
 
-    # -- the data dir ------------------------------------------------------------
+    def _lazy_synced(self, err: str | None) -> None:
+        if err is not None and self.disk_error is None:
+            log.error("data dir: %s; refusing writes until it recovers", err)
+            self.disk_error = err
 
-    def _persist(self, records: list[list]) -> bool:
-        """Make records durable; False (and writes refused) while the disk fails."""
-        dd = self.datadir
-        if dd is None:
-            return True
-        if records:
-            dd.append(records)
-        if dd.pending_bytes() == 0:
-            return True
-        try:
-            dd.sync()
-        except StorageError as e:
+    def _synced(self, entry: list, err: str | None) -> None:
+        if self._closed:
+            return
+        if err is not None:
             if self.disk_error is None:
-                log.error("data dir: %s; refusing writes until it recovers", e)
-            self.disk_error = str(e)
-            return False
+                log.error("data dir: %s; refusing writes until it recovers", err)
+            self.disk_error = err
+            # try again shortly; the records stay pending in the data dir
+            assert self._loop is not None and self.disk is not None
+            self._loop.call_later(
+                0.1, lambda: self.disk.submit([], lambda e2: self._synced(entry, e2))
+            )
+            return
         if self.disk_error is not None:
             log.info("data dir writable again")
             self.disk_error = None
-        return True
+        entry[1] = True
+        pipe = self._pipeline
+        while pipe and pipe[0][1]:
+            self._handle(pipe.popleft()[0])
+        self._after_apply()
+        self._maybe_snapshot()
+        self._kick()
+
+    def _handle(self, rd: Any) -> None:
+        r = self.replica
+        node = self.node
+        assert node is not None and self.hub is not None
+        for to, msg in rd.messages:
+            self.hub.send(to, msg)
+        for inst, batch in rd.decided:
+            props = [Proposal.from_wire(w) for w in batch]
+            node.apply_batch(props)
+            self.applied_instance = inst
+            if self.datadir is None:
+                size = 64 + sum(len(p.m.value) for p in props)
+                self._kept.append((inst, size))
+                self._kept_bytes += size
+            if self._cal_dirty:
+                self._refresh_members()
+            r.set_membership(inst, self._members)
+            self._wake_reads(inst)
+        for rid, index in rd.read_states:
+            self._read_ready(rid, index)
+        for rid in rd.read_failed:
+            self._read_failed(rid)
+        if rd.need_snapshot:
+            self._fetch_snapshot(rd.need_snapshot)
+        for s in rd.suspects:
+            self._remove_member(s)
+
+    # -- the data dir ------------------------------------------------------------
 
     def drain_persist(self) -> None:
-        """Persist what the replica has emitted so far (before the loop runs)."""
+        """Persist what the replica has emitted so far (start-up, before the
+        loop and the disk thread run)."""
         r = self.replica
+        dd = self.datadir
         if r.has_ready():
             rd = r.ready()
-            self._persist(rd.persist)
-            for to, msg in rd.messages:
-                if self.hub is not None:
-                    self.hub.send(to, msg)
+            if dd is not None and rd.persist:
+                dd.append(rd.persist)
+                dd.sync()
+            self._pipeline.append([rd, True])  # handled once started
 
     def save_snapshot(self) -> None:
-        """Write the node's state at the applied instance, with the acceptor's
-        durable state, and let the replica forget what it covers."""
+        """Write the node's state at the applied instance with the acceptor's
+        durable state (on the disk thread, after every record already
+        submitted), then let the replica forget what the snapshot covers."""
         dd, node = self.datadir, self.node
-        if dd is None or node is None:
+        if dd is None or node is None or self._snapshotting:
             return
-        snap = {
-            "instance": self.applied_instance,
-            "node": node.snapshot(),
-            "durable": self.replica.ds.to_json(),
-        }
-        try:
-            dd.save_snapshot(snap)
-        except StorageError as e:
-            log.error("snapshot failed: %s", e)
-            self.disk_error = str(e)
-            return
+        inst = self.applied_instance
+        snap = {"instance": inst, "node": node.snapshot(), "durable": self.replica.ds.to_json()}
         self._snap_rev = node.store.rev
-        self.replica.compact(self.applied_instance)
-        self._kick()
+        if self.disk is None:
+            dd.save_snapshot(snap)
+            self.replica.compact(inst)
+            return
+        self._snapshotting = True
+
+        def done(err: str | None) -> None:
+            self._snapshotting = False
+            if err is not None:
+                log.error("snapshot failed: %s", err)
+                return
+            self.replica.compact(inst)
+            self._kick()
+
+        self.disk.snapshot(snap, done)
 
     def _maybe_snapshot(self) -> None:
         dd, node = self.datadir, self.node
-        if dd is None or node is None or self.disk_error or self.replica.has_ready():
+        if dd is None or node is None or self.disk_error or self._snapshotting:
             return
         if (
             node.store.rev - self._snap_rev >= self.snap_revs
