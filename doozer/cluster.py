@@ -26,7 +26,7 @@ import orjson
 from doozer.consensus import Config, DurableState, Replica
 from doozer.consensus.membership import schedule_from_wire, schedule_to_wire
 from doozer.errors import DoozerError
-from doozer.mutation import DEL, SET, Mutation
+from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
 from doozer.peer import PeerHub
 from doozer.sequencer import Proposal
@@ -149,6 +149,7 @@ class ClusterSequencer:
         self.disk: DiskThread | None = None
         self._pipeline: deque[list] = deque()
         self._snapshotting = False
+        self._filling = False
         self._snap_rev = 0
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
@@ -364,6 +365,22 @@ class ClusterSequencer:
         self._after_apply()
         self._maybe_snapshot()
 
+    def _fill_to_membership_change(self) -> None:
+        """Leader: a membership change takes effect alpha instances after the
+        one that decided it. On a quiet cluster that could take a long time,
+        so push no-ops, one instance at a time, until it is in force."""
+        r, node = self.replica, self.node
+        if not r.is_leader or self._filling or node is None:
+            return
+        if not any(first > self.applied_instance for first, _ in r.ds.schedule):
+            return
+        self._filling = True
+
+        def done(applied: Any, why: str) -> None:
+            self._filling = False
+
+        node.propose(Mutation(NOP), done, None)
+
     def _lazy_synced(self, err: str | None) -> None:
         if err is not None and self.disk_error is None:
             log.error("data dir: %s; refusing writes until it recovers", err)
@@ -411,6 +428,8 @@ class ClusterSequencer:
                 self._refresh_members()
             r.set_membership(inst, self._members)
             self._wake_reads(inst)
+        if rd.decided:
+            self._fill_to_membership_change()
         for rid, index in rd.read_states:
             self._read_ready(rid, index)
         for rid in rd.read_failed:

@@ -219,7 +219,16 @@ class Cluster:
             node.start()
             self.nodes.append(node)
         self.wait_members(min(self.n, self.cals))
+        self.settle()
         return self
+
+    def settle(self, alpha: int = 32) -> None:
+        """Make the latest membership change govern the log: a change takes
+        effect alpha instances after the one that decided it."""
+        addr = self.nodes[0].addr
+        with Raw(addr, timeout=10) as r:
+            for _ in range(alpha + 2):
+                assert "rev" in r.call({"verb": "NOP", "timeout": 5}), "NOP failed"
 
     def _node(self, i: int, flags: list[str]) -> NodeProc:
         port = free_port()
