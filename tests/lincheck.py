@@ -79,11 +79,27 @@ class Model:
         """A cheap proof of a violation (window, offending op), or None: try the search."""
         return None
 
+    def canonical(self, ops: list[Op]) -> list[Op]:
+        """The ops as the search steps them: values nothing can tell apart may be merged,
+        so that more states coincide (same length and order as ops)."""
+        return ops
+
     def states(self, ops: list[Op]) -> list[Hashable]:
         """Candidate states at the start of a window of ops (for the report's left cut):
         every state the window could start from, or a wildcard that `step` accepts as
         "any state" as long as it over-approximates (never rejects a legal op)."""
         raise NotImplementedError
+
+
+class _Unseen:
+    """A written value that no read and no compare-and-set mentions: all such values
+    behave alike, so the search treats them as one."""
+
+    def __repr__(self) -> str:
+        return "<unseen>"
+
+
+_UNSEEN = _Unseen()
 
 
 class _Any:
@@ -126,6 +142,18 @@ class RegisterModel(Model):
 
     def states(self, ops: list[Op]) -> list[Hashable]:
         return [_ANY]
+
+    def canonical(self, ops: list[Op]) -> list[Op]:
+        seen: set[Hashable] = set()
+        for op in ops:
+            if op.kind == "get" and op.ret is not None:
+                seen.add(op.output)
+            elif op.kind == "cas":
+                seen.add(op.expect)
+        return [
+            replace(op, value=_UNSEEN) if op.kind in ("set", "cas") and op.value not in seen else op
+            for op in ops
+        ]
 
     def quick_violation(self, ops: list[Op]) -> tuple[list[Op], Op] | None:
         """With every value written at most once, a read proves a violation if its value
@@ -289,14 +317,31 @@ class _Node:
 
 def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tuple[bool, int, int]:
     """Depth-first search for a linearization. Returns (ok, depth, stuck op index).
-    Raises _Budget past the deadline."""
+    Raises _Budget past the deadline.
+
+    Unanswered ops that the model cannot tell apart (same kind, value and condition)
+    are interchangeable: any linearization using some of them can use the earliest
+    called instead, so they are only ever linearized in call order. Without this, k
+    unanswered writes cost 2**k."""
+    ops = model.canonical(ops)
     events: list[tuple[float, int, int, _Node]] = []
+    group: list[int] = [-1] * len(ops)
+    members: dict[tuple, list[int]] = {}
     for i, op in enumerate(ops):
         c = _Node(op, i, True)
         r = _Node(op, i, False)
         c.match = r
         events.append((op.call, 0, i, c))
         events.append((_INF if op.ret is None else op.ret, 1, i, r))
+        if op.ret is None:
+            members.setdefault((op.kind, op.value, op.expect), []).append(i)
+    order: list[list[int]] = []
+    for m in members.values():
+        if len(m) > 1:
+            for i in m:
+                group[i] = len(order)
+            order.append(sorted(m, key=lambda i: (ops[i].call, i)))
+    nxt = [0] * len(order)  # members of each group linearized so far (a prefix)
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     head = _Node(None, -1, False)
     prev = head
@@ -321,6 +366,10 @@ def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tup
         op = n.op
         assert op is not None
         if n.call:
+            g = group[n.idx]
+            if g >= 0 and order[g][nxt[g]] != n.idx:
+                n = n.next  # a twin called earlier goes first
+                continue
             ok, new = step(state, op)
             if ok:
                 lin = linearized | (1 << n.idx)
@@ -330,6 +379,8 @@ def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tup
                     stack.append((n, state))
                     state = new
                     linearized = lin
+                    if g >= 0:
+                        nxt[g] += 1
                     # lift the op out of the list
                     n.prev.next = n.next  # type: ignore[union-attr]
                     n.next.prev = n.prev  # type: ignore[union-attr]
@@ -352,6 +403,8 @@ def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tup
             return False, best, stuck
         c, state = stack.pop()
         linearized &= ~(1 << c.idx)
+        if group[c.idx] >= 0:
+            nxt[group[c.idx]] -= 1
         m = c.match
         assert m is not None
         m.prev.next = m  # type: ignore[union-attr]

@@ -312,9 +312,6 @@ def _retry(what: str, deadline: float, attempt) -> dict:  # type: ignore[no-unty
     pytest.fail(f"{what}: no success within {deadline}s; last: {last!r}")
 
 
-@pytest.mark.skipif(
-    os.environ.get("DOOZER_CLUSTER") != "1", reason="needs clustering (issue 3); DOOZER_CLUSTER=1"
-)
 def test_three_nodes_from_one_file_survive_a_kill(start, tmp_path: Path) -> None:
     # kill -9 leaves extraction dirs behind: keep them in this test's scratch.
     env = {"TMPDIR": str(tmp_path)}

@@ -596,9 +596,10 @@ class Replica:
         et = self._et()
         self.next_keepalive = now + et
         to = self.leader if self.leader not in (None, self.id) else None
-        if to is not None and now - self.heard.get(to, _NEVER) > 3 * et and self.started is not None:
-            if now - self.started > 3 * et:
-                to = None  # a silent leader: ask around
+        started = self.started if self.started is not None else now
+        silent = now - self.heard.get(to or "", _NEVER) > 3 * et and now - started > 3 * et
+        if to is not None and silent:
+            to = None  # a silent leader: ask around
         if to is None:
             ms = self._newest() or frozenset()
             peers = {x for x, t in self.heard.items() if now - t < 3 * et} | ms
