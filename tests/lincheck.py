@@ -247,6 +247,16 @@ class FileModel(Model):
             return False, state
         return True, ((op.value, r) if k == "set" else (None, 0))
 
+    def canonical(self, ops: list[Op]) -> list[Op]:
+        seen: set[Hashable] = set()
+        for op in ops:
+            if op.kind == "get" and op.ret is not None and op.output is not None:
+                seen.add(op.output[0])
+        return [
+            replace(op, value=_UNSEEN) if op.kind == "set" and op.value not in seen else op
+            for op in ops
+        ]
+
     def states(self, ops: list[Op]) -> list[Hashable]:
         seen: dict[Hashable, None] = {(None, 0): None}
         for op in ops:
@@ -334,7 +344,10 @@ def _search(ops: list[Op], model: Model, init: Hashable, deadline: float) -> tup
         events.append((op.call, 0, i, c))
         events.append((_INF if op.ret is None else op.ret, 1, i, r))
         if op.ret is None:
-            members.setdefault((op.kind, op.value, op.expect), []).append(i)
+            try:
+                members.setdefault((op.kind, op.value, op.expect), []).append(i)
+            except TypeError:
+                pass  # an unhashable value: no twins for it
     order: list[list[int]] = []
     for m in members.values():
         if len(m) > 1:

@@ -1,0 +1,642 @@
+"""The consensus core, driven by hand: deterministic scenarios for each mechanism.
+
+The whole-cluster randomized simulation lives in tests/sim (test_sim.py); here a
+small harness delivers messages in order, with explicit cuts, so each test sets up
+exactly the situation it is about. The harness also enforces the Ready contract:
+every record a message depends on was in `persist` of that Ready or an earlier one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from doozer.consensus import Config, DurableState, Replica
+from doozer.consensus.ballot import ballot_of
+
+CFG = Config(election_timeout=1.0, alpha=4, member_timeout=10.0)
+
+
+class Host:
+    def __init__(
+        self,
+        nid: str,
+        cfg: Config,
+        seed: int,
+        durable: DurableState | None = None,
+        applied: int | None = None,
+    ) -> None:
+        self.id = nid
+        self.cfg = cfg
+        self.disk = durable.copy() if durable is not None else DurableState()
+        self.r = Replica(nid, config=cfg, rng=random.Random(seed), durable=durable, applied=applied)
+        self.log: list[tuple[int, list]] = []
+        self.applied = applied or self.disk.base
+        self.reads: dict[object, int] = {}
+        self.failed: list[object] = []
+        self.suspects: list[str] = []
+        self.need_snapshot: str | None = None
+        self.up = True
+
+
+class Net:
+    """Replicas joined by an in-order, loss-free network with cuttable links."""
+
+    def __init__(
+        self, ids: list[str], cfg: Config = CFG, members: list[str] | None = None, seed: int = 1
+    ) -> None:
+        self.cfg = cfg
+        self.t = 0.0
+        self.seed = seed
+        self.hosts = {nid: Host(nid, cfg, seed * 100 + k) for k, nid in enumerate(ids)}
+        self.queue: list[tuple[str, str, bytes]] = []
+        self.cut: set[tuple[str, str]] = set()
+        self.sent: list[tuple[str, str, dict]] = []
+        self.membership: Callable[[Host], frozenset[str]] = lambda h: self.initial
+        self.initial = frozenset(members if members is not None else ids)
+        for h in self.hosts.values():
+            if h.id in self.initial or members is None:
+                h.r.bootstrap(self.initial)
+
+    # -- plumbing
+    def drain(self, h: Host) -> None:
+        while h.up and h.r.has_ready():
+            rd = h.r.ready()
+            for rec in rd.persist:
+                h.disk.apply(orjson.loads(orjson.dumps(rec)))
+            for to, msg in rd.messages:
+                self._check_contract(h, msg)
+                self.sent.append((h.id, to, msg))
+                self.queue.append((h.id, to, orjson.dumps(msg)))
+            for i, batch in rd.decided:
+                assert i == h.applied + 1, (h.id, i, h.applied)
+                h.log.append((i, batch))
+                h.applied = i
+                h.r.set_membership(i, self.membership(h))
+            for req, idx in rd.read_states:
+                h.reads[req] = idx
+            h.failed.extend(rd.read_failed)
+            h.suspects.extend(rd.suspects)
+            if rd.need_snapshot:
+                h.need_snapshot = rd.need_snapshot
+            h.r.advance()
+
+    @staticmethod
+    def _check_contract(h: Host, msg: dict) -> None:
+        """A vote leaves the node only once it is on disk."""
+        d = h.disk
+        if msg["t"] == "A":
+            i = msg["i"]
+            assert i <= d.base or i in d.decided or d.accepted[i][0] == ballot_of(msg["b"])
+        elif msg["t"] == "P":
+            assert d.promised >= ballot_of(msg["b"])
+
+    def deliver(self, limit: int = 100_000) -> None:
+        n = 0
+        while self.queue and n < limit:
+            src, dst, data = self.queue.pop(0)
+            n += 1
+            h = self.hosts.get(dst)
+            if h is None or not h.up or (src, dst) in self.cut:
+                continue
+            h.r.receive(self.t, src, orjson.loads(data))
+            self.drain(h)
+        assert n < limit, "message storm"
+
+    def tick(self, dt: float = 0.01) -> None:
+        self.t += dt
+        for h in self.hosts.values():
+            if h.up:
+                h.r.tick(self.t)
+                self.drain(h)
+        self.deliver()
+
+    def run(
+        self, seconds: float, dt: float = 0.01, until: Callable[[], bool] | None = None
+    ) -> None:
+        for _ in range(int(seconds / dt)):
+            self.tick(dt)
+            if until is not None and until():
+                return
+
+    # -- views
+    def leader(self) -> Host | None:
+        ls = [h for h in self.hosts.values() if h.up and h.r.is_leader]
+        return ls[0] if len(ls) == 1 else None
+
+    def elect(self, seconds: float = 10.0) -> Host:
+        self.run(seconds, until=lambda: self.leader() is not None)
+        ld = self.leader()
+        assert ld is not None, "no leader elected"
+        return ld
+
+    def campaign(self, h: Host, attempts: int = 3) -> None:
+        """h starts phase 1 (again, if a higher ballot turns it down) until it leads."""
+        for _ in range(attempts):
+            assert h.r.campaign()
+            self.drain(h)
+            self.deliver()
+            if h.r.is_leader:
+                return
+        raise AssertionError(f"{h.id} could not win")
+
+    def propose(self, h: Host, *items: object) -> None:
+        h.r.propose(list(items))
+        self.drain(h)
+        self.deliver()
+
+    def items(self, h: Host) -> list:
+        return [it for _, batch in h.log for it in batch]
+
+    def cut_off(self, nid: str, inbound: bool = True, outbound: bool = True) -> None:
+        for o in self.hosts:
+            if o != nid:
+                if outbound:
+                    self.cut.add((nid, o))
+                if inbound:
+                    self.cut.add((o, nid))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def crash(self, nid: str) -> None:
+        self.hosts[nid].up = False
+
+    def restart(self, nid: str) -> Host:
+        old = self.hosts[nid]
+        h = Host(nid, self.cfg, self.seed + 999, durable=old.disk, applied=old.disk.base)
+        h.log = [(i, b) for i, b in old.log if i <= old.disk.base]
+        self.hosts[nid] = h
+        return h
+
+
+# ---------------------------------------------------------------------- basics
+
+
+def test_lone_member_elects_itself_and_decides_in_order() -> None:
+    net = Net(["a"])
+    a = net.elect(1.0)
+    for k in range(10):
+        net.propose(a, k)
+    net.tick()
+    assert net.items(a) == list(range(10))
+    assert [i for i, _ in a.log] == list(range(1, len(a.log) + 1))
+
+
+def test_three_members_agree_and_followers_learn() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(20):
+        net.propose(ld, {"k": k})
+    net.run(1.0)
+    logs = [h.log for h in net.hosts.values()]
+    assert logs[0] == logs[1] == logs[2]
+    assert [it["k"] for it in net.items(ld)] == list(range(20))
+
+
+def test_follower_forwards_proposals_and_a_leaderless_node_drops_them() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    f = next(h for h in net.hosts.values() if h is not ld)
+    net.propose(f, "via-follower")
+    net.run(0.5)
+    assert "via-follower" in net.items(ld)
+    lone = Net(["a", "b", "c"])  # nobody elected yet: nothing is known, the item is dropped
+    lone.propose(lone.hosts["b"], "dropped")
+    assert not any(lone.queue) and lone.hosts["b"].r.fwd_buf == []
+
+
+def test_batches_are_bounded_and_pipelined() -> None:
+    cfg = Config(election_timeout=1.0, alpha=4, max_batch_items=3, max_batch_bytes=100)
+    net = Net(["a", "b", "c"], cfg)
+    ld = net.elect()
+    ld.r.propose([f"x{k}" for k in range(10)] + ["y" * 500])
+    net.drain(ld)
+    accepts = [m for s, _, m in net.sent if s == ld.id and m["t"] == "a"]
+    per_instance = {m["i"]: m["v"] for m in accepts}
+    assert len(per_instance) == 4  # alpha instances in flight, no more
+    assert all(len(v) <= 3 for v in per_instance.values())
+    net.run(1.0)
+    assert net.items(ld) == [f"x{k}" for k in range(10)] + ["y" * 500]
+    big = [b for _, b in ld.log if "y" * 500 in b]
+    assert big == [["y" * 500]]  # an item over max_batch_bytes still goes, alone
+
+
+def test_a_one_mebibyte_value_commits() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    v = "v" * (1 << 20)
+    net.propose(ld, {"big": v})
+    net.run(0.5)
+    for h in net.hosts.values():
+        assert {"big": v} in net.items(h)
+
+
+# ---------------------------------------------------------------------- Paxos safety
+
+
+def test_acceptor_rebuilt_from_disk_keeps_its_promise() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    promised = net.hosts["c"].disk.promised
+    assert promised >= ld.r.rnd.ballot
+    net.crash("c")
+    c = net.restart("c")
+    low = [promised[0] - 1, "zz"]
+    c.r.receive(net.t, "x", {"t": "p", "b": low, "s": 1})
+    c.r.receive(net.t, "x", {"t": "a", "b": low, "i": 99, "v": ["evil"], "c": 0})
+    net.drain(c)
+    replies = [m for s, to, m in net.sent if s == "c" and to == "x"]
+    assert [m["t"] for m in replies] == ["x", "x"]
+    assert 99 not in c.disk.accepted
+
+
+def test_new_leader_reproposes_the_highest_ballot_value_and_fills_holes() -> None:
+    cfg = Config(election_timeout=1.0, alpha=8)
+    net = Net(["a", "b", "c"], cfg)
+    for h in net.hosts.values():
+        h.r.tick(0.0)
+    a, b = net.hosts["a"], net.hosts["b"]
+
+    def acc(h: Host, ballot: list, i: int, v: str) -> None:
+        h.r.receive(0.0, "x", {"t": "a", "b": ballot, "i": i, "v": [v], "c": 0})
+        net.drain(h)
+
+    # instance 1: v0 at a; 2: nothing anywhere (a hole); 3: v1 at a in (1, x) but v2 at b
+    # in the higher (2, y); 4: v4 at b only
+    acc(a, [1, "x"], 1, "v0")
+    acc(a, [1, "x"], 3, "v1")
+    acc(b, [2, "y"], 3, "v2")
+    acc(b, [2, "y"], 4, "v4")
+    net.queue.clear()
+    net.cut_off("c")  # the quorum is {a, b}
+    net.campaign(a)  # its first ballot is refused (b promised (2, y)): it learns, retries
+    net.run(0.5)
+    assert [bt for _, bt in a.log[:4]] == [["v0"], [], ["v2"], ["v4"]]
+
+
+def test_stale_leader_cannot_decide_after_a_higher_promise() -> None:
+    net = Net(["a", "b", "c"])
+    old = net.elect()
+    rival, third = [h for h in net.hosts.values() if h is not old]
+    net.cut.update({(old.id, rival.id), (rival.id, old.id)})
+    net.campaign(rival)
+    assert old.r.is_leader  # it has not heard of the rival yet
+    old.r.propose(["stale"])
+    net.drain(old)
+    net.deliver()
+    refusals = [m for s, to, m in net.sent if s == third.id and to == old.id and m["t"] == "x"]
+    assert refusals and not old.r.is_leader
+    assert all("stale" not in net.items(h) for h in net.hosts.values())
+    net.propose(rival, "fresh")
+    net.run(1.0)
+    net.heal()
+    net.run(1.0)
+    logs = [h.log for h in net.hosts.values()]
+    assert logs[0] == logs[1] == logs[2]
+    assert "fresh" in net.items(old)
+
+
+def test_lagging_candidate_learns_what_was_decided_without_it() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    lag = next(h for h in net.hosts.values() if h is not ld)
+    net.cut_off(lag.id)
+    for k in range(5):
+        net.propose(ld, k)
+    net.run(0.3)
+    net.heal()
+    net.queue.clear()
+    net.campaign(lag)  # it knows nothing of instances 1-5: the promises say they are decided
+    net.propose(lag, "new")
+    net.run(1.0)
+    assert lag.log == ld.log
+    assert net.items(lag) == [0, 1, 2, 3, 4, "new"]
+
+
+def test_followers_do_not_infer_a_value_accepted_in_another_ballot() -> None:
+    net = Net(["a", "b", "c"], Config(election_timeout=1.0, alpha=8))
+    for h in net.hosts.values():
+        h.r.tick(0.0)
+    b = net.hosts["b"]
+    b.r.receive(0.0, "x", {"t": "a", "b": [1, "x"], "i": 1, "v": ["old"], "c": 0})
+    # leader (2, y) says instance 1 is decided: b holds a value of another ballot, so it
+    # must fetch rather than take "old"
+    b.r.receive(0.0, "y", {"t": "h", "b": [2, "y"], "r": 1, "c": 1})
+    net.drain(b)
+    assert b.log == []
+    assert any(to == "y" and m["t"] == "q" for s, to, m in net.sent if s == "b")
+
+
+# ---------------------------------------------------------------------- reads
+
+
+def test_read_index_needs_a_quorum_round() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.propose(ld, "w")
+    net.run(0.2)
+    net.cut_off(ld.id)
+    ld.r.read_index("r1")
+    net.drain(ld)
+    net.run(0.5)
+    assert "r1" not in ld.reads
+    net.run(3.0)  # check-quorum: it steps down, and fails the read
+    assert not ld.r.is_leader and "r1" in ld.failed
+
+
+def test_read_index_from_a_follower_is_relayed_and_covers_acknowledged_writes() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(5):
+        net.propose(ld, k)
+    net.run(0.2)
+    f = next(h for h in net.hosts.values() if h is not ld)
+    f.r.read_index(7)
+    net.drain(f)
+    net.deliver()
+    net.run(0.5)
+    assert f.reads[7] >= max(i for i, b in ld.log if 4 in b)
+
+
+def test_read_index_without_a_leader_fails_at_once() -> None:
+    net = Net(["a", "b", "c"])
+    h = net.hosts["a"]
+    h.r.read_index("r")
+    net.drain(h)
+    assert h.failed == ["r"]
+
+
+# ---------------------------------------------------------------------- crashes
+
+
+def test_restarted_member_replays_its_log_and_rejoins() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(10):
+        net.propose(ld, k)
+    net.run(0.5)
+    f = next(h for h in net.hosts.values() if h is not ld)
+    net.crash(f.id)
+    for k in range(10, 15):
+        net.propose(ld, k)
+    h = net.restart(f.id)
+    net.run(2.0)
+    assert net.items(h) == list(range(15))
+
+
+def test_leader_crash_elects_another_that_keeps_every_decision() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(10):
+        net.propose(ld, k)
+    net.run(0.3)
+    net.crash(ld.id)
+    new = net.elect(10.0)
+    assert new is not ld
+    net.propose(new, "after")
+    net.run(0.5)
+    assert net.items(new) == [*range(10), "after"]
+
+
+# ---------------------------------------------------------------------- catch-up
+
+
+def test_compacted_peer_answers_snapshot_needed_and_install_resumes_the_log() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    lagger = next(h for h in net.hosts.values() if h is not ld)
+    net.cut_off(lagger.id)
+    for k in range(20):
+        net.propose(ld, k)
+    net.run(0.3)
+    for h in net.hosts.values():
+        if h is not lagger:
+            h.r.compact(h.applied)
+            net.drain(h)
+    net.heal()
+    net.run(1.0, until=lambda: lagger.need_snapshot is not None)
+    peer = net.hosts[lagger.need_snapshot]  # type: ignore[index]
+    sched = peer.r.membership_schedule(peer.applied)
+    assert lagger.r.install_snapshot(peer.applied, sched)
+    lagger.log = list(peer.log)
+    lagger.applied = peer.applied
+    net.propose(ld, "next")
+    net.run(1.0)
+    assert net.items(lagger)[-1] == "next"
+    assert lagger.log == ld.log
+
+
+def test_fetch_replies_and_promises_are_bounded_in_bytes() -> None:
+    cfg = Config(election_timeout=1.0, alpha=64, fetch_max_bytes=3000)
+    net = Net(["a", "b", "c"], cfg)
+    ld = net.elect()
+    lagger = next(h for h in net.hosts.values() if h is not ld)
+    net.cut_off(lagger.id)
+    for k in range(30):
+        net.propose(ld, "p" * 500 + str(k))
+    net.run(0.3)
+    net.heal()
+    net.run(2.0)
+    entries = [m for s, to, m in net.sent if to == lagger.id and m["t"] == "e"]
+    assert entries and all(len(orjson.dumps(m)) < 3000 + 1000 for m in entries)
+    assert lagger.log == ld.log
+    # a candidate pages through a large promise
+    net2 = Net(["a", "b", "c"], cfg)
+    for h in net2.hosts.values():
+        h.r.tick(0.0)
+    for i in range(1, 30):
+        net2.hosts["b"].r.receive(
+            0.0, "x", {"t": "a", "b": [1, "x"], "i": i, "v": ["q" * 500], "c": 0}
+        )
+    net2.drain(net2.hosts["b"])
+    net2.queue.clear()
+    a = net2.hosts["a"]
+    net2.cut.add(("c", "a"))  # a needs b's whole report
+    net2.campaign(a)
+    promises = [m for s, _, m in net2.sent if s == "b" and m["t"] == "P"]
+    assert len(promises) > 1 and all(len(orjson.dumps(m)) < 4000 for m in promises)
+    net2.run(1.0)
+    assert [b for _, b in a.log][:29] == [["q" * 500]] * 29
+
+
+def test_non_member_learns_by_push_after_registering() -> None:
+    net = Net(["a", "b", "c", "l"], members=["a", "b", "c"])
+    ld = net.elect()
+    learner = net.hosts["l"]
+    learner.r.install_snapshot(0, ld.r.membership_schedule(0))
+    net.run(2.0)
+    for k in range(5):
+        net.propose(ld, k)
+    net.run(0.2)
+    assert net.items(learner) == list(range(5))
+    assert not learner.r.is_member()
+    assert not any(s == "l" and m["t"] in ("A", "P", "v") for s, _, m in net.sent)
+
+
+# ---------------------------------------------------------------------- membership
+
+
+def _member_items(net: Net) -> None:
+    def members(h: Host) -> frozenset[str]:
+        ms = net.initial
+        for _, batch in h.log:
+            for it in batch:
+                if isinstance(it, dict) and "members" in it:
+                    ms = frozenset(it["members"])
+        return ms
+
+    net.membership = members
+
+
+def test_membership_change_takes_effect_alpha_instances_later() -> None:
+    cfg = Config(election_timeout=1.0, alpha=3)
+    net = Net(["a", "b", "c", "d"], cfg, members=["a", "b", "c"])
+    _member_items(net)
+    ld = net.elect()
+    net.hosts["d"].r.install_snapshot(0, ld.r.membership_schedule(0))
+    net.run(1.0)
+    net.propose(ld, {"members": ["a", "b", "c", "d"]})
+    net.run(0.2)
+    at = next(i for i, b in ld.log if b and isinstance(b[0], dict) and "members" in b[0])
+    for k in range(8):
+        net.propose(ld, k)
+    net.run(0.5)
+    accepts = [m for s, to, m in net.sent if to == "d" and m["t"] == "a"]
+    assert accepts and min(m["i"] for m in accepts) >= at + cfg.alpha
+    assert net.hosts["d"].r.is_member()
+    assert net.items(net.hosts["d"])[-1] == 7
+
+
+def test_phase1_needs_a_majority_of_every_member_set_it_covers() -> None:
+    cfg = Config(election_timeout=1.0, alpha=4)
+    net = Net(["a", "b", "c", "d", "e"], cfg, members=["a", "b", "c"])
+    _member_items(net)
+    ld = net.elect()
+    for x in ("d", "e"):
+        net.hosts[x].r.install_snapshot(0, ld.r.membership_schedule(0))
+    net.run(1.0)
+    net.propose(ld, {"members": ["c", "d", "e"]})  # governs instances from (its own) + 4 on
+    net.run(0.3)
+    c = net.hosts["c"]  # the one node in both sets
+    for x in ("d", "e"):
+        net.cut_off(x)
+    assert c.r.campaign()
+    net.drain(c)
+    net.deliver()
+    # a majority of {a, b, c} promised, but only c of {c, d, e}: not enough to lead
+    assert not c.r.is_leader
+    net.heal()
+    net.run(5.0, until=lambda: net.leader() is not None)
+    assert net.leader() is not None
+
+
+def test_removed_leader_hands_over_and_stops_voting() -> None:
+    cfg = Config(election_timeout=1.0, alpha=2)
+    net = Net(["a", "b", "c"], cfg)
+    _member_items(net)
+    ld = net.elect()
+    rest = sorted(set(net.hosts) - {ld.id})
+    net.propose(ld, {"members": rest})
+    for k in range(4):
+        net.propose(ld, k)
+    net.run(1.0, until=lambda: net.leader() not in (None, ld))
+    assert not ld.r.is_leader
+    new = net.leader()
+    assert new is not None and new is not ld
+    net.propose(new, "later")
+    net.run(1.0)
+    assert net.items(ld)[-1] == "later"  # it still learns, as a follower
+    assert not ld.r.is_member()
+
+
+# ---------------------------------------------------------------------- liveness
+
+
+def test_dead_member_is_suspected_once_by_the_leader() -> None:
+    cfg = Config(election_timeout=0.5, member_timeout=3.0)
+    net = Net(["a", "b", "c"], cfg)
+    ld = net.elect()
+    dead = next(h for h in net.hosts.values() if h is not ld)
+    net.crash(dead.id)
+    net.run(2.0)
+    assert ld.suspects == []
+    net.run(3.0)
+    assert ld.suspects == [dead.id]
+
+
+def test_a_member_the_majority_hears_is_never_suspected() -> None:
+    cfg = Config(election_timeout=0.5, member_timeout=2.0)
+    net = Net(["a", "b", "c"], cfg)
+    ld = net.elect()
+    x, y = [h for h in net.hosts.values() if h is not ld]
+    net.cut.add((x.id, y.id))  # y cannot hear x; the leader can
+    net.run(8.0)
+    assert ld.suspects == []
+    net.cut.add((x.id, ld.id))  # now neither can: a quorum (leader, y) has not heard x
+    net.run(5.0)
+    assert x.id in [m for h in net.hosts.values() for m in h.suspects]
+
+
+def test_a_restarted_node_does_not_get_a_healthy_one_suspected() -> None:
+    cfg = Config(election_timeout=0.5, member_timeout=2.0)
+    net = Net(["a", "b", "c"], cfg)
+    ld = net.elect()
+    x = next(h for h in net.hosts.values() if h is not ld)
+    net.crash(x.id)
+    net.run(1.0)
+    net.restart(x.id)
+    net.run(1.0)
+    # the restarted node has heard nobody yet; it must not report anyone for a while
+    assert net.hosts[x.id].r._my_suspicions() == []
+    net.run(6.0)
+    assert [m for h in net.hosts.values() for m in h.suspects] == []
+
+
+def test_transfer_leadership_is_immediate() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(3):
+        net.propose(ld, k)
+    net.run(0.3)
+    target = ld.r.transfer_leadership()
+    assert target is not None
+    net.drain(ld)
+    net.deliver()
+    net.tick()
+    assert net.leader() is net.hosts[target]
+    net.propose(net.hosts[target], "next")
+    net.run(0.3)
+    assert net.items(ld) == [0, 1, 2, "next"]
+
+
+def test_no_quorum_no_progress_and_recovery_without_operator() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    others = [h for h in net.hosts.values() if h is not ld]
+    for h in others:
+        net.crash(h.id)
+    net.propose(ld, "stuck")
+    net.run(3.0)
+    assert "stuck" not in net.items(ld)
+    for h in others:
+        net.restart(h.id)
+    net.run(5.0, until=lambda: net.leader() is not None)
+    new = net.elect()
+    net.propose(new, "moving")
+    net.run(1.0)
+    assert "moving" in net.items(new)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_message_and_record_is_json(seed: int) -> None:
+    net = Net(["a", "b", "c"], seed=seed)
+    ld = net.elect()
+    net.propose(ld, {"x": [1, 2.5, None, "s"]})
+    net.run(1.0)
+    for rec in ld.disk.to_json()["accepted"]:
+        orjson.dumps(rec)
+    assert DurableState.from_json(orjson.loads(orjson.dumps(ld.disk.to_json()))) == ld.disk
