@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from doozer.consensus import Config, DurableState, Replica
-from doozer.consensus.membership import schedule_from_wire, schedule_to_wire
+from doozer.consensus.membership import members_at, schedule_from_wire, schedule_to_wire
 from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
@@ -245,9 +245,12 @@ class ClusterSequencer:
         self._kick()
 
     def role(self) -> str:
+        """A member is a node in the member set governing the next instance
+        (a slot just claimed counts once the change is in force)."""
         if self.replica.is_leader:
             return "leader"
-        return "member" if self.node_id in self._members else "follower"
+        ms = members_at(self.replica.ds.schedule, self.applied_instance + 1)
+        return "member" if ms is not None and self.node_id in ms else "follower"
 
     def leader(self) -> str | None:
         return self.replica.leader

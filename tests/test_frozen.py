@@ -325,6 +325,13 @@ def test_three_nodes_from_one_file_survive_a_kill(start, tmp_path: Path) -> None
         return {} if len([v for v in cal if v]) >= 3 else {"err_code": f"cal {cal}"}
 
     _retry("three members in /ctl/cal", 60.0, three_members)
+
+    def all_members() -> dict:
+        roles = [n.call({"verb": "SELF"}).get("role") for n in nodes]
+        return {} if all(r in ("leader", "member") for r in roles) else {"err_code": f"{roles}"}
+
+    # a claimed slot counts once the membership change governs the log
+    _retry("three members in force", 60.0, all_members)
     put = second.call({"verb": "SET", "path": "/k", "value": "v1"})
     assert "rev" in put, put
     for n in nodes:
