@@ -432,3 +432,47 @@ def test_a_secret_is_asked_for_before_anything_shows(page: Page) -> None:
         expect(page.locator('#tree-rows .row.dir[data-path="/ctl"]')).to_have_count(1)
     finally:
         node.stop()
+
+
+def test_screenshot_of_a_three_node_cluster(page: Page) -> None:
+    """A few hundred files on a real three-member cluster, for the record."""
+    from tests.nodeproc import call, wait_for
+
+    web_port = free_port()
+    first = NodeProc("-w", f"127.0.0.1:{web_port}", "--election-timeout", "0.5")
+    others: list[NodeProc] = []
+    try:
+        first.start()
+        wait_port("127.0.0.1", web_port, proc=first.proc)
+        for _ in range(2):
+            n = NodeProc("-a", first.addr, "--election-timeout", "0.5")
+            n.start()
+            others.append(n)
+        nodes = [first, *others]
+        wait_for(
+            lambda: (
+                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+                == ["leader", "member", "member"]
+            ),
+            30,
+            "three members in force",
+        )
+        holder = Stack.__new__(Stack)
+        holder.node = first
+        populate(holder, 300)
+        open_viewer(page, f"http://127.0.0.1:{web_port}/")
+        expect(page.locator("#nodes tbody tr")).to_have_count(3)
+        expect(page.locator("#nodes tbody tr .role", has_text="leader")).to_have_count(1)
+        for d in ("/svc", "/svc/api", "/svc/api/config"):
+            page.click(f'#tree-rows .row.dir[data-path="{d}"]')
+        for i in range(12):
+            call(others[i % 2].addr, {"verb": "SET", "path": f"/jobs/{i:05d}/state", "value": "ok"})
+        page.wait_for_function(
+            "() => (window.doozerViewer.status || {rate: []}).rate.length >= 2",
+            timeout=DEADLINE_MS,
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-viewer-cluster.png"))
+    finally:
+        for n in [first, *others]:
+            n.stop(5)
