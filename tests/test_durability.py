@@ -216,3 +216,48 @@ def test_backup_and_restore(tmp_path):
         )
     finally:
         node.stop()
+
+
+def test_dead_member_loses_its_slot_and_reclaims_it_after_restart(tmp_path):
+    """--timeout: a member a quorum has not heard from loses its slot (once,
+    through consensus); restarted from its data dir it comes back as itself,
+    as a follower, and claims the free slot again. Nobody healthy is removed."""
+    ports = [free_port() for _ in range(3)]
+    addr0 = f"127.0.0.1:{ports[0]}"
+
+    def start(i: int, first_time: bool) -> NodeProc:
+        extra = ["-a", addr0] if (first_time and i) else []
+        return durable_node(tmp_path / f"n{i}", ports[i], "--timeout", "3", *extra).start()
+
+    nodes = [start(0, True), start(1, True), start(2, True)]
+    try:
+        wait_for(
+            lambda: (
+                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+                == ["leader", "member", "member"]
+            ),
+            30,
+            "three members in force",
+        )
+        victim = next(n for n in nodes if call(n.addr, {"verb": "SELF"})["role"] == "member")
+        vid = call(victim.addr, {"verb": "SELF"})["value"]
+        healthy = [call(n.addr, {"verb": "SELF"})["value"] for n in nodes if n is not victim]
+        victim.kill()
+
+        def slots() -> dict[str, str]:
+            files = call(
+                addr0 if victim.addr != addr0 else nodes[1].addr,
+                {"verb": "WALK", "path": "/ctl/cal/*"},
+            )["files"]
+            return {f["path"]: f["value"] for f in files}
+
+        wait_for(lambda: vid not in slots().values(), 30, "the dead member's slot emptied")
+        assert set(healthy) <= set(slots().values())
+        i = nodes.index(victim)
+        nodes[i] = start(i, False)
+        assert call(nodes[i].addr, {"verb": "SELF"})["value"] == vid  # same identity
+        wait_for(lambda: vid in slots().values(), 30, "the restarted node claims a slot")
+        assert set(healthy) <= set(slots().values())
+    finally:
+        for n in nodes:
+            n.stop()
