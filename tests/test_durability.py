@@ -261,3 +261,56 @@ def test_dead_member_loses_its_slot_and_reclaims_it_after_restart(tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    node = None
+    try:
+        node = durable_node(mnt / "d", free_port()).start()
+        assert "rev" in call(node.addr, {"verb": "SET", "path": "/keep", "value": "k"})
+        filler = mnt / "filler"
+        st = os.statvfs(mnt)
+        filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - (200 << 10)))
+        value = "x" * 20_000
+        err = None
+        for i in range(200):
+            r = call(
+                node.addr, {"verb": "SET", "path": f"/fill/{i}", "value": value, "timeout": 2}, 10
+            )
+            if "err_code" in r:
+                err = r
+                break
+        assert err is not None and err["err_code"] == "UNAVAILABLE", err
+        # writes are refused with the reason; stale reads go on
+        r = call(node.addr, {"verb": "SET", "path": "/more", "value": "y", "timeout": 2}, 10)
+        assert r.get("err_code") == "UNAVAILABLE"
+        assert "data dir" in r["err_detail"] or "outcome" in r["err_detail"], r
+        assert call(node.addr, {"verb": "GET", "path": "/keep", "stale": True})["value"] == "k"
+        filler.unlink()  # space returns
+        wait_for(
+            lambda: (
+                "rev"
+                in call(
+                    node.addr, {"verb": "SET", "path": "/after", "value": "z", "timeout": 2}, 10
+                )
+            ),
+            30,
+            "writes resume",
+        )
+        assert call(node.addr, {"verb": "GET", "path": "/keep"})["value"] == "k"
+    finally:
+        if node is not None:
+            node.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
