@@ -759,6 +759,21 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
 
     config = make_config(args)
     dd: DataDir | None = None
+
+    def sequencer(node_id: str, cluster_id: str, **kw: Any) -> ClusterSequencer:
+        return ClusterSequencer(
+            node_id=node_id,
+            cluster_name=args.cluster,
+            cluster_id=cluster_id,
+            secret=secret,
+            config=config,
+            readonly=args.readonly,
+            datadir=dd,
+            snap_revs=args.snap_revs,
+            snap_bytes=args.snap_bytes,
+            **kw,
+        )
+
     snap: dict | None = None  # a peer's snapshot to start from (joining)
     resumed = False
     if not args.mem:
@@ -797,19 +812,7 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             if saved
             else Store(hist=args.hist, hist_bytes=args.hist_bytes)
         )
-        seq = ClusterSequencer(
-            node_id=node_id,
-            cluster_name=args.cluster,
-            cluster_id=cluster_id,
-            secret=secret,
-            config=config,
-            readonly=args.readonly,
-            durable=durable,
-            applied=applied,
-            datadir=dd,
-            snap_revs=args.snap_revs,
-            snap_bytes=args.snap_bytes,
-        )
+        seq = sequencer(node_id, cluster_id, durable=durable, applied=applied)
         if args.attach:
             log.info(
                 "%s holds this node's state: resuming as %s, not joining anew",
@@ -826,32 +829,12 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         info, snap = joined
         cluster_id = info["id"]
         store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
-        seq = ClusterSequencer(
-            node_id=node_id,
-            cluster_name=args.cluster,
-            cluster_id=cluster_id,
-            secret=secret,
-            config=config,
-            readonly=args.readonly,
-            datadir=dd,
-            snap_revs=args.snap_revs,
-            snap_bytes=args.snap_bytes,
-        )
+        seq = sequencer(node_id, cluster_id)
     else:
         node_id = secrets.token_hex(8)
         cluster_id = secrets.token_hex(8)
         store = Store(hist=args.hist, hist_bytes=args.hist_bytes)
-        seq = ClusterSequencer(
-            node_id=node_id,
-            cluster_name=args.cluster,
-            cluster_id=cluster_id,
-            secret=secret,
-            config=config,
-            readonly=args.readonly,
-            datadir=dd,
-            snap_revs=args.snap_revs,
-            snap_bytes=args.snap_bytes,
-        )
+        seq = sequencer(node_id, cluster_id)
         seq.replica.bootstrap([node_id])
     node = Node(
         node_id=node_id,
