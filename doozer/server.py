@@ -288,10 +288,13 @@ class Connection(asyncio.Protocol):
         if t is None or self.closed:
             out.clear()
             return
-        t.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        t.write(data)
         out.clear()
         self._out_bytes = 0
-        if t.get_write_buffer_size() > HARD_BACKLOG:
+        # Judge what was left unread before this write: one large answer (a
+        # SNAPSHOT of a big tree) is fine, a client that never reads is not.
+        if t.get_write_buffer_size() - len(data) > HARD_BACKLOG:
             log.warning("client %s dropped: %d bytes of output unread", self.peer, HARD_BACKLOG)
             self.closed = True
             t.abort()
