@@ -420,6 +420,17 @@ class ClusterSequencer:
         for to, msg in rd.messages:
             self.hub.send(to, msg)
         for inst, batch in rd.decided:
+            if inst <= self.applied_instance:
+                continue  # already reflected (a snapshot was installed meanwhile)
+            if inst != self.applied_instance + 1:
+                # Applying past a gap would fork this node's state: stop and
+                # say so loudly rather than diverge.
+                log.error(
+                    "decided instance %d after applied %d: a gap; not applying",
+                    inst,
+                    self.applied_instance,
+                )
+                break
             props = [Proposal.from_wire(w) for w in batch]
             node.apply_batch(props)
             self.applied_instance = inst
@@ -456,12 +467,12 @@ class ClusterSequencer:
                 dd.sync()
             self._pipeline.append([rd, True])  # handled once started
 
-    def save_snapshot(self) -> None:
+    def save_snapshot(self, force: bool = False) -> None:
         """Write the node's state at the applied instance with the acceptor's
         durable state (on the disk thread, after every record already
         submitted), then let the replica forget what the snapshot covers."""
         dd, node = self.datadir, self.node
-        if dd is None or node is None or self._snapshotting:
+        if dd is None or node is None or (self._snapshotting and not force):
             return
         inst = self.applied_instance
         snap = {"instance": inst, "node": node.snapshot(), "durable": self.replica.ds.to_json()}
@@ -694,11 +705,16 @@ class ClusterSequencer:
             log.error("snapshot from another cluster refused")
             return False
         inst = int(meta["instance"])
-        if inst <= self.applied_instance:
-            return False
+        if inst <= self.applied_instance or self._pipeline:
+            return False  # behind us, or decisions are still on their way to the store
         node.install_snapshot(snap)
         self.replica.install_snapshot(inst, schedule_from_wire(meta["schedule"]))
         self.applied_instance = inst
+        # The replica's install record must never reach the disk without a
+        # local snapshot holding the store at that instance: on restart the
+        # node would resume an older store past the replica's new base (a gap).
+        # The snapshot job goes to the disk thread ahead of that record.
+        self.save_snapshot(force=True)
         self._refresh_members()
         self._refresh_peers()
         log.info("installed a snapshot at instance %d (rev %d)", inst, node.store.rev)
