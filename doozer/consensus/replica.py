@@ -328,10 +328,16 @@ class Replica:
             return
         ms = members if isinstance(members, frozenset) else frozenset(members)
         first = after_instance + self.cfg.alpha
-        if members_at(self.ds.schedule, first) != ms:
+        prev = members_at(self.ds.schedule, first)
+        if prev != ms:
             self._record(["m", first, sorted(ms)])
             for x in sorted(ms):
-                self.heard.setdefault(x, self.now)
+                if prev is None or x not in prev:
+                    # a node (re)entering the set: its old silence must not
+                    # get it evicted again at once (claim/evict livelock)
+                    self.heard[x] = self.now
+                else:
+                    self.heard.setdefault(x, self.now)
 
     def install_snapshot(self, instance: int, schedule: Schedule) -> bool:
         """The host replaced its state machine with a snapshot taken at `instance` on a
