@@ -483,6 +483,13 @@ class PeerHub:
             link.flush_pending = True
             self._loop.call_soon(self._flush, link)
 
+    def flush(self) -> None:
+        """Write every queued message now rather than at the end of this loop
+        iteration (the caller knows nothing more is coming)."""
+        for link in self._links.values():
+            if link.flush_pending:
+                self._flush(link)
+
     def _flush(self, link: _Link) -> None:
         link.flush_pending = False
         t = link.transport

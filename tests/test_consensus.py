@@ -67,10 +67,13 @@ class Net:
             rd = h.r.ready()
             for rec in rd.persist:
                 h.disk.apply(orjson.loads(orjson.dumps(rec)))
-            for to, msg in rd.messages:
+            for to, msg in rd.early + rd.messages:
                 self._check_contract(h, msg)
                 self.sent.append((h.id, to, msg))
                 self.queue.append((h.id, to, orjson.dumps(msg)))
+            for msg in rd.loopback:
+                self._check_contract(h, msg)
+                h.r.receive(self.t, h.id, msg)
             for i, batch in rd.decided:
                 assert i == h.applied + 1, (h.id, i, h.applied)
                 h.log.append((i, batch))

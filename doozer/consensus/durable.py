@@ -41,8 +41,8 @@ class DurableState:
         elif kind == "d":
             i = rec[1]
             acc = self.accepted.pop(i, None)
-            if i <= self.base:
-                return
+            if i <= self.base or i in self.decided:
+                return  # a snapshot already holds it (records replay on top of one)
             if len(rec) > 2:
                 self.decided[i] = rec[2]
             elif acc is not None:

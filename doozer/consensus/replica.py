@@ -3,6 +3,8 @@
 Driven like etcd's raft RawNode: the host feeds `tick`, `receive`, `propose`,
 `read_index`, `set_membership`; then drains `ready()` (persist, then send, then
 apply) and calls `advance()`. No sockets, clocks, disks or global randomness.
+A Ready's `early` messages and `decided` batches need not wait for its records;
+its `messages` and `loopback` (our own votes, fed back through `receive`) do.
 
 Protocol outline (see messages.py for the wire catalogue):
 - A leader runs phase 1 once, with ballot (round, id), for every instance from its
@@ -51,6 +53,14 @@ CANDIDATE = "candidate"
 LEADER = "leader"
 
 _NEVER = -math.inf
+
+# Messages that claim nothing about this replica's own durable state (a leader's
+# proposal or heartbeat, decisions a quorum already made durable, requests): the
+# host may send them before the Ready's records reach the disk. Promises, votes
+# and anything else that speaks for our acceptor wait for the fsync.
+_EARLY = frozenset(
+    {M.ACCEPT, M.COMMIT, M.HEARTBEAT, M.FORWARD, M.READ, M.READ_OK, M.READ_FAIL, M.FETCH, M.PING}
+)
 
 
 class _Report:
@@ -206,6 +216,8 @@ class Replica:
         # outboxes
         self._persist: list[list] = []
         self._msgs: list[tuple[str, dict]] = []
+        self._early: list[tuple[str, dict]] = []
+        self._loopback: list[dict] = []
         self._read_states: list[tuple[Any, int]] = []
         self._read_failed: list[Any] = []
         self._need_snapshot: str | None = None
@@ -288,7 +300,8 @@ class Replica:
 
     def receive(self, now: float, sender: str, msg: dict) -> None:
         self._time(now)
-        self.heard[sender] = now
+        if sender != self.id:  # our own vote, handed back after its fsync
+            self.heard[sender] = now
         h = self._handlers.get(msg.get("t"))  # type: ignore[arg-type]
         if h is None:
             self.bad_messages += 1
@@ -413,6 +426,8 @@ class Replica:
         return bool(
             self._persist
             or self._msgs
+            or self._early
+            or self._loopback
             or self.emitted < self.commit
             or self._read_states
             or self._read_failed
@@ -435,9 +450,13 @@ class Replica:
             self._read_failed,
             self._need_snapshot,
             self._suspects,
+            self._early,
+            self._loopback,
         )
         self._persist = []
         self._msgs = []
+        self._early = []
+        self._loopback = []
         self._read_states = []
         self._read_failed = []
         self._need_snapshot = None
@@ -487,7 +506,7 @@ class Replica:
 
     def _send(self, to: str, msg: dict) -> None:
         if to != self.id:
-            self._msgs.append((to, msg))
+            (self._early if msg["t"] in _EARLY else self._msgs).append((to, msg))
 
     def _known_hi(self) -> int:
         return self.applied + self.cfg.alpha
@@ -890,7 +909,10 @@ class Replica:
         ld.props[j] = p
         if self.id in ms and rnd.ballot >= self.ds.promised:
             self._record(["a", j, rnd.blist, v])
-            p.acks.add(self.id)
+            # Our own vote counts once it is on our disk: the host hands this
+            # back after the fsync, while the accepts below go out at once, so
+            # our fsync and the followers' run side by side.
+            self._loopback.append({"t": M.ACCEPTED, "b": rnd.blist, "i": j})
         msg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": v, "c": self.commit}
         for x in sorted(ms):
             if x != self.id:

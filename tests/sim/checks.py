@@ -81,7 +81,35 @@ class Checker:
             raise self.c.fail(f"write acknowledged at unknown instance {instance}")
         if f'"{iid}"'.encode() not in b:
             raise self.c.fail(f"acknowledged write {iid} is not in instance {instance}")
+        self._durable_on_quorum(n, instance, b)
         self.acked[f"{op.client}.{op.call}"] = instance
+
+    def _durable_on_quorum(self, n: SimNode, i: int, b: bytes) -> None:
+        """An acknowledged write must already be on the disks of a majority of the
+        members governing its instance (what survives if every node crashes now)."""
+        r = n.replica
+        assert r is not None
+        ms = members_at(r.ds.schedule, i)
+        if ms is None:
+            return  # compacted away here; other checks cover it
+        have = set()
+        for m in ms:
+            node = self.c.nodes.get(m)
+            if node is None:
+                continue
+            d = node.disk
+            if (d.snap_instance or 0) >= i or i <= d.ds.base:
+                have.add(m)
+            elif i in d.ds.decided:
+                if orjson.dumps(d.ds.decided[i]) == b:
+                    have.add(m)
+            elif i in d.ds.accepted and orjson.dumps(d.ds.accepted[i][1]) == b:
+                have.add(m)
+        if len(have) * 2 <= len(ms):
+            raise self.c.fail(
+                f"write acknowledged at instance {i} is durable only on"
+                f" {sorted(have)} of {sorted(ms)}"
+            )
 
     def bad_messages(self, n: SimNode) -> None:
         if n.replica is not None and n.replica.bad_messages:

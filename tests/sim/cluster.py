@@ -213,6 +213,15 @@ class Cluster:
         if n.up and n.gen == gen and p.up and p.sm is not None and p.applied > n.applied:
             n.join_from(p)
 
+    def disk_synced(self, nid: str, gen: int) -> None:
+        n = self.nodes[nid]
+        if not n.up or n.gen != gen:
+            return
+        if n.paused_until > self.t:  # a stopped process's disk thread is stopped too
+            self.at(n.paused_until + self.rng.uniform(0, 0.005), self.disk_synced, nid, gen)
+            return
+        n.synced()
+
     def crash(self, n: SimNode, torn: bool = False) -> None:
         self.stats["crashes_torn" if torn else "crashes"] += 1
         self.log(f"crash {n.id}{' (torn ready)' if torn else ''}")

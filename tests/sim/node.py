@@ -1,7 +1,11 @@
 """One simulated node: a Replica, its fake disk, the tiny state machine, client plumbing.
 
-The node plays the host's part of the Ready contract: persist (to the fake disk),
-then send, then apply decided batches in order, calling set_membership after each.
+The node plays the host's part of the Ready contract as doozer's real host does:
+early messages leave and decided batches are applied at once (calling
+set_membership after each); records and snapshots join a disk queue that a later
+"fsync" event makes durable in order (one fsync for all that waits: group
+commit), and only then do the Ready's messages leave and its loopback votes
+return to the replica. A crash loses whatever the queue still held.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class SimNode:
         self.read_waits: list[tuple[int, str]] = []
         self.reqs = 0
         self.crash_mid_ready = False
+        # the disk queue: ("recs", records, messages, loopback) | ("snap", instance, sm)
+        self.unsynced: list[tuple] = []
+        self.sync_at: float | None = None
         self.rate = 1.0 + rng.uniform(-cluster.cfg.drift, cluster.cfg.drift)
         self.anchor = (0.0, rng.uniform(0, 100))  # (sim time, local time) where rate began
         self.next_claim = 0.0
@@ -94,6 +101,8 @@ class SimNode:
         """Crash: volatile state is gone; returns the client ops left hanging."""
         self.up = False
         self.replica = None
+        self.unsynced = []
+        self.sync_at = None
         ops = [op for op, _, _ in self.pending_writes.values()] + list(self.pending_reads.values())
         self.pending_writes.clear()
         self.pending_reads.clear()
@@ -119,8 +128,9 @@ class SimNode:
         self.sm = peer.sm.copy()
         self.applied = inst
         self.last_snap = inst
-        self.disk.snap_instance = inst
-        self.disk.snap_sm = self.sm.copy()
+        # The local snapshot joins the disk queue ahead of the replica's install
+        # record, as the real host does.
+        self.unsynced.append(("snap", inst, self.sm.copy(), self.replica.ds.copy()))
         self.c.checker.on_snapshot(self, inst)
         # writes we were waiting for may be inside the snapshot: answer them from it
         for iid in [iid for iid in self.pending_writes if iid in self.sm.done]:
@@ -200,18 +210,12 @@ class SimNode:
         c = self.c
         while r is not None and self.up and r.has_ready():
             rd = r.ready()
-            if self.crash_mid_ready:
-                # Torn Ready: a prefix of the records reached the disk, nothing was sent.
-                n = self.rng.randint(0, len(rd.persist))
-                for rec in rd.persist[:n]:
-                    self.disk.ds.apply(orjson.loads(orjson.dumps(rec)))
-                self.crash_mid_ready = False
-                c.crash(self, torn=True)
+            if rd.persist or rd.messages or rd.loopback:
+                self.unsynced.append(("recs", rd.persist, rd.messages, rd.loopback))
+            if self.crash_mid_ready and rd.persist:
+                self._torn_crash()
                 return
-            ds = self.disk.ds
-            for rec in rd.persist:
-                ds.apply(orjson.loads(orjson.dumps(rec)))
-            for to, msg in rd.messages:
+            for to, msg in rd.early:
                 c.send(self.id, to, msg)
             for i, batch in rd.decided:
                 self._apply(i, batch)
@@ -231,6 +235,50 @@ class SimNode:
                 self._suspect(m)
             r.advance()
             r = self.replica
+        if self.up and self.unsynced and self.sync_at is None:
+            rng = self.rng
+            delay = rng.uniform(0.05, 0.3) if rng.random() < 0.03 else rng.uniform(0.0002, 0.004)
+            self.sync_at = c.t + delay
+            c.at(self.sync_at, c.disk_synced, self.id, self.gen)
+
+    def _persist(self, job: tuple) -> None:
+        d = self.disk
+        if job[0] == "snap":
+            # like the real host's snapshot file: the store and the acceptor's
+            # state as of when it was taken; later records replay on top
+            d.snap_instance, d.snap_sm, d.ds = job[1], job[2], job[3].copy()
+            return
+        for rec in job[1]:
+            d.ds.apply(orjson.loads(orjson.dumps(rec)))
+
+    def synced(self) -> None:
+        """The fsync finished: everything queued before it is durable; release the
+        messages and our own votes that waited on it."""
+        self.sync_at = None
+        jobs, self.unsynced = self.unsynced, []
+        for job in jobs:
+            self._persist(job)
+        for job in jobs:
+            if job[0] != "recs" or self.replica is None:
+                continue
+            for to, msg in job[2]:
+                self.c.send(self.id, to, msg)
+            for msg in job[3]:
+                self.replica.receive(self.local(self.c.t), self.id, msg)
+        self.drain()
+
+    def _torn_crash(self) -> None:
+        """A crash mid-write: a prefix of what the queue held reached the disk."""
+        units: list[tuple] = []  # one record, or one whole snapshot
+        for job in self.unsynced:
+            if job[0] == "snap":
+                units.append(job)
+            else:
+                units.extend(("recs", [rec], [], []) for rec in job[1])
+        for job in units[: self.rng.randint(0, len(units))]:
+            self._persist(job)
+        self.crash_mid_ready = False
+        self.c.crash(self, torn=True)
 
     def _apply(self, i: int, batch: list) -> None:
         sm = self.sm
@@ -253,10 +301,11 @@ class SimNode:
                     self._serve_read(req)
         ce = self.c.cfg.compact_every
         if ce and i - self.last_snap >= ce:
-            # Snapshot now; compact to the previous snapshot so a short tail stays fetchable.
+            # Snapshot now (queued behind the records before it, as the real disk
+            # thread does); compact to the previous snapshot so a short tail stays
+            # fetchable.
             prev = self.last_snap
-            self.disk.snap_instance = i
-            self.disk.snap_sm = sm.copy()
+            self.unsynced.append(("snap", i, sm.copy(), self.replica.ds.copy()))
             self.last_snap = i
             self.replica.compact(prev)
 
