@@ -424,7 +424,9 @@ class ClusterSequencer:
                 records = self._lazy + records
                 self._lazy = []
             entry = [rd.messages, rd.loopback, False]
-            if not pipe:
+            # Inline only with at most one write of ours in flight: under load
+            # the loop must go on reading while the disk works.
+            if not pipe and len(self._undecided) <= 1:
                 done, err = disk.sync_inline(records)
                 if done:
                     if err is None:

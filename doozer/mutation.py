@@ -5,7 +5,7 @@ Mutations travel through consensus and the log, so they have a compact JSON form
 
 from __future__ import annotations
 
-import base64
+import binascii
 from dataclasses import dataclass
 
 NOP = 0
@@ -25,7 +25,8 @@ class Mutation:  # not frozen: frozen dataclasses cost 3x to build, on the write
     def to_wire(self) -> list:
         """Compact JSON-able form: [op, path, rev, value_b64]."""
         if self.op == SET:
-            return [SET, self.path, self.rev, base64.b64encode(self.value).decode("ascii")]
+            b64 = binascii.b2a_base64(self.value, newline=False).decode()
+            return [SET, self.path, self.rev, b64]
         if self.op == DEL:
             return [DEL, self.path, self.rev]
         return [NOP]
@@ -34,7 +35,7 @@ class Mutation:  # not frozen: frozen dataclasses cost 3x to build, on the write
     def from_wire(w: list) -> Mutation:
         op = w[0]
         if op == SET:
-            return Mutation(SET, w[1], w[2], base64.b64decode(w[3]))
+            return Mutation(SET, w[1], w[2], binascii.a2b_base64(w[3]))
         if op == DEL:
             return Mutation(DEL, w[1], w[2])
         return Mutation(NOP)

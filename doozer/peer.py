@@ -293,6 +293,8 @@ class PeerHub:
         self._rx: dict[str, list[int]] = {}  # node -> [messages, bytes] received
         self._refusals: dict[str, str] = {}  # dialer -> last refusal logged
         self._unknown_dropped = 0
+        self._last_msg: dict[str, Any] | None = None
+        self._last_line = b""
         self._closed = False
         self._tasks_closing: list[asyncio.Task[None]] = []  # cancelled, maybe not yet done
         self._hello = self._line(
@@ -351,7 +353,13 @@ class PeerHub:
         if link is None:
             self._unknown_dropped += 1
             return
-        line = self._line(msg)
+        # One message often goes to every member (an accept with its batch):
+        # encode it once. The cache holds the dict itself, so its id stays unique.
+        if msg is self._last_msg:
+            line = self._last_line
+        else:
+            line = self._line(msg)
+            self._last_msg, self._last_line = msg, line
         if self._too_big(line, link):
             return
         self._enqueue(link, line)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from doozer.node import Node
 
 
-@dataclass(frozen=True, slots=True)
-class Proposal:
+@dataclass(slots=True)
+class Proposal:  # not frozen: built for every item of every decided batch
     """A mutation with the id that makes it apply at most once, in origin order.
 
     `origin` names one incarnation of one node (a fresh one at every start), and
