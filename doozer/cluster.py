@@ -603,10 +603,13 @@ class ClusterSequencer:
         dd, node = self.datadir, self.node
         if dd is None or node is None or self.disk_error or self._snapshotting:
             return
+        logged = dd.log_bytes_since_snapshot()
+        # A big tree's snapshot costs more than a few thousand revs of log:
+        # wait until the log since the last one is half its size, so writing
+        # snapshots never costs more than twice the log itself.
         if (
-            node.store.rev - self._snap_rev >= self.snap_revs
-            or dd.log_bytes_since_snapshot() >= self.snap_bytes
-        ):
+            node.store.rev - self._snap_rev >= self.snap_revs or logged >= self.snap_bytes
+        ) and logged >= dd.snapshot_bytes // 2:
             self.save_snapshot()
 
     def _after_apply(self) -> None:

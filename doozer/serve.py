@@ -116,7 +116,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=20_000,
         metavar="N",
-        help="snapshot the store every N revs (default %(default)s)",
+        help="snapshot the store every N revs (default %(default)s), once the log"
+        " since the last snapshot is at least half that snapshot's size",
     )
     p.add_argument(
         "--snap-bytes",

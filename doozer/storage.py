@@ -195,6 +195,7 @@ class DataDir:
         self._snap_seq = 0
         self._snap_path: str | None = None
         self._log_bytes = 0  # framed bytes appended since the snapshot
+        self.snapshot_bytes = 0  # size of the current snapshot
 
     # -- opening -------------------------------------------------------------
 
@@ -301,6 +302,7 @@ class DataDir:
                 raise CorruptionError(spath, _FILE_HDR_SIZE, "snapshot is not a JSON object")
             start = seq
             self._snap_path = spath
+            self.snapshot_bytes = os.path.getsize(spath)
         # Segments wholly before the snapshot: those followed by one starting at or
         # before it. They are obsolete and not read.
         live = [s for k, s in enumerate(segs) if k + 1 == len(segs) or segs[k + 1][0] > start]
@@ -565,6 +567,7 @@ class DataDir:
         self._snap_path = os.path.join(self.path, name)
         self._snap_seq = seq
         self._log_bytes = 0
+        self.snapshot_bytes = _FILE_HDR_SIZE + len(payload)
         if self._seg_first < seq:
             try:
                 self._new_segment()

@@ -419,13 +419,17 @@ def test_segments_roll_and_a_snapshot_removes_what_it_covers(tmp_path: Path) -> 
     assert size == sum(s.stat().st_size - SEG_HDR for s in segs)
 
     d.append(recs(1, 100))  # pending records are covered by the snapshot too
+    assert d.snapshot_bytes == 0
     d.save_snapshot({"instance": 50, "x": 1})
     assert [s.name for s in segments(path)] == [f"log-{101:020d}.wal"]
     assert [s.name for s in snapshots(path)] == [f"snap-{50:020d}-{101:020d}.snap"]
+    # the host spaces snapshots by their size: it knows the current one's
+    assert d.snapshot_bytes == snapshots(path)[0].stat().st_size
     d.append(recs(3, 200))
     d.sync()
     d.close()
     d, snap, got = reopen(path, segment_bytes=4096)
+    assert d.snapshot_bytes == snapshots(path)[0].stat().st_size
     d.close()
     assert snap == {"instance": 50, "x": 1} and got == recs(3, 200)
 
