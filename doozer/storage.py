@@ -18,7 +18,9 @@ Integers on disk are little-endian.
 Segment: a 16-byte header (magic b"DZWAL\\0\\0\\1", u64 seq of its first record),
 then records, each `[u32 length][u32 crc32(payload)][payload]`, the payload the
 orjson encoding of the record (a JSON array, never empty). A segment is rolled
-(a new one started) once it reaches `segment_bytes` (64 MiB).
+(a new one started) once it reaches `segment_bytes` (64 MiB). Segments are
+preallocated to that size where the file system allows: zeros from a record
+boundary to the end of the file are unwritten space, the segment's end.
 
 Snapshot and meta files: a 32-byte header (8-byte magic b"DZSNAP\\0\\1" or
 b"DZMETA\\0\\1", u64 seq, u64 payload length, u32 crc32(payload), u32 crc32 of
@@ -110,6 +112,17 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
             done += n
 
 
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve a segment's space up front, so that an append changes no file
+    size and its fdatasync commits no metadata (on ext4 here: ~0.09 ms rather
+    than ~0.13 ms). Best effort: without the space (a nearly full disk) or the
+    call (some file systems), appends grow the file as before."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (OSError, AttributeError):
+        pass
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -178,8 +191,11 @@ class DataDir:
     number of `append` + `sync`, `save_snapshot`; `close`. Not thread-safe.
     """
 
-    def __init__(self, path: str, lock_fd: int, segment_bytes: int) -> None:
+    def __init__(
+        self, path: str, lock_fd: int, segment_bytes: int, preallocate: bool = True
+    ) -> None:
         self.path = path
+        self._prealloc = preallocate
         self.meta: dict | None = None
         self.notes: list[str] = []  # what recovery repaired (torn tails), also logged
         self._lock_fd: int | None = lock_fd
@@ -200,8 +216,16 @@ class DataDir:
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, *, create: bool, segment_bytes: int = SEGMENT_BYTES) -> DataDir:
-        """Lock the data dir at `path` (made if `create`) and check its format."""
+    def open(
+        cls,
+        path: str,
+        *,
+        create: bool,
+        segment_bytes: int = SEGMENT_BYTES,
+        preallocate: bool = True,
+    ) -> DataDir:
+        """Lock the data dir at `path` (made if `create`) and check its format.
+        `preallocate`: reserve each segment's full size when it is started."""
         path = os.path.abspath(path)
         if create:
             try:
@@ -212,7 +236,7 @@ class DataDir:
             raise StorageError(f"no data dir at {path}")
         lock_fd = _lock(path)
         try:
-            dd = cls(path, lock_fd, segment_bytes)
+            dd = cls(path, lock_fd, segment_bytes, preallocate)
             dd._check_format(create)
             dd._remove_temps()
             mpath = os.path.join(path, "meta")
@@ -373,12 +397,16 @@ class DataDir:
         bad = ""
         while off < n:
             if n - off < 8:
-                bad = "record header cut short"
+                if data.count(0, off) != n - off:
+                    bad = "record header cut short"
                 break
             length, crc = unpack(data, off)
             end = off + 8 + length
             if length == 0:
-                bad = "zero record length"
+                # Segments are preallocated: zeros from here to the end of the
+                # file are space never written, the end of the log.
+                if data.count(0, off) != n - off:
+                    bad = "zero record length"
                 break
             if end > n:
                 bad = f"record of {length} bytes runs past the end of the file"
@@ -515,6 +543,8 @@ class DataDir:
             fd = os.open(path, os.O_WRONLY)
         except OSError as e:
             raise StorageError(f"cannot open {path}: {_why(e)}") from e
+        if self._prealloc:
+            _preallocate(fd, self._segment_bytes)
         self._switch(fd, path, first, size)
 
     def _new_segment(self) -> None:
@@ -526,6 +556,8 @@ class DataDir:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             _write_all(fd, _SEG_HDR.pack(_SEG_MAGIC, first), 0)
+            if self._prealloc:
+                _preallocate(fd, self._segment_bytes)
             os.fdatasync(fd)
             _fsync_dir(self.path)
         except OSError as e:

@@ -32,13 +32,17 @@ def recs(n: int, start: int = 0, size: int = 100) -> list[list]:
     ]
 
 
+# The format-level tests below look at exact file sizes: they run without
+# preallocation; the preallocated tests say so.
 def fresh(path: Path, **kw) -> DataDir:
+    kw.setdefault("preallocate", False)
     d = DataDir.open(str(path), create=True, **kw)
     assert d.load() == (None, [])
     return d
 
 
 def reopen(path: Path, **kw) -> tuple[DataDir, dict | None, list[list]]:
+    kw.setdefault("preallocate", False)
     d = DataDir.open(str(path), create=False, **kw)
     try:
         snap, got = d.load()
@@ -186,6 +190,85 @@ def test_torn_tail_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> Non
     d, _, got = reopen(path)
     d.close()
     assert got == [*recs(4), *recs(1, 99)]
+
+
+def written(data: bytes) -> int:
+    """Where the records of a preallocated segment end (zeros follow)."""
+    off = SEG_HDR
+    while off + 8 <= len(data):
+        length, _ = struct.unpack_from("<II", data, off)
+        if length == 0:
+            break
+        off += 8 + length
+    return off
+
+
+PRE = {"preallocate": True, "segment_bytes": 64 << 10}
+
+
+def test_preallocated_segments_end_where_the_zeros_start(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    d.append(recs(5))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    data = seg.read_bytes()
+    assert len(data) == 64 << 10  # the whole segment reserved up front
+    assert not data[written(data) :].strip(b"\0")
+    d, _, got = reopen(path, **PRE)
+    assert got == recs(5) and d.notes == []  # unwritten space is no torn tail
+    for k in range(12):  # on past several rolls
+        d.append(recs(100, 5 + 100 * k))
+        d.sync()
+    d.close()
+    assert len(segments(path)) > 2
+    assert all(s.stat().st_size >= 64 << 10 for s in segments(path))
+    d, _, got = reopen(path, **PRE)
+    d.close()
+    assert got == recs(1205) and d.notes == []
+
+
+def test_torn_tail_in_a_preallocated_segment_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    d.append(recs(5))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    pristine = seg.read_bytes()
+    end = written(pristine)
+    start = frames(pristine[:end])[-1][0]
+    for cut in (start + 1, start + 8, start + 20, end - 1):
+        # a crash mid-write: part of the record reached the disk, zeros after it
+        seg.write_bytes(pristine[:cut] + bytes(len(pristine) - cut))
+        d, _, got = reopen(path, **PRE)
+        assert got == recs(4), cut
+        assert len(d.notes) == 1 and f"byte offset {start}" in d.notes[0], (cut, d.notes)
+        d.append(recs(1, 99))  # and the log goes on from the cut
+        d.sync()
+        d.close()
+        d, _, got = reopen(path, **PRE)
+        d.close()
+        assert got == [*recs(4), *recs(1, 99)] and d.notes == []
+
+
+def test_zeros_inside_a_preallocated_segment_with_records_after_are_corruption(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    d.append(recs(5))
+    d.sync()
+    d.close()
+    (seg,) = segments(path)
+    data = bytearray(seg.read_bytes())
+    start, end = frames(bytes(data[: written(bytes(data))]))[2]
+    data[start:end] = bytes(end - start)  # a middle record wiped to zeros
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError) as e:
+        reopen(path, **PRE)
+    assert str(seg) in str(e.value) and f"offset {start}" in str(e.value)
 
 
 def test_flipped_byte_in_the_last_record_is_cut_off(tmp_path: Path) -> None:
