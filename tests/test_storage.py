@@ -206,13 +206,19 @@ def written(data: bytes) -> int:
 PRE = {"preallocate": True, "segment_bytes": 64 << 10}
 
 
-def test_preallocated_segments_end_where_the_zeros_start(tmp_path: Path) -> None:
-    path = tmp_path / "d"
+def five_records(path: Path) -> Path:
+    """A fresh preallocated dir holding records 0..4; its one segment."""
     d = fresh(path, **PRE)
     d.append(recs(5))
     d.sync()
     d.close()
     (seg,) = segments(path)
+    return seg
+
+
+def test_preallocated_segments_end_where_the_zeros_start(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    seg = five_records(path)
     data = seg.read_bytes()
     assert len(data) == 64 << 10  # the whole segment reserved up front
     assert not data[written(data) :].strip(b"\0")
@@ -231,11 +237,7 @@ def test_preallocated_segments_end_where_the_zeros_start(tmp_path: Path) -> None
 
 def test_torn_tail_in_a_preallocated_segment_is_cut_off(tmp_path: Path) -> None:
     path = tmp_path / "d"
-    d = fresh(path, **PRE)
-    d.append(recs(5))
-    d.sync()
-    d.close()
-    (seg,) = segments(path)
+    seg = five_records(path)
     pristine = seg.read_bytes()
     end = written(pristine)
     start = frames(pristine[:end])[-1][0]
@@ -257,11 +259,7 @@ def test_zeros_inside_a_preallocated_segment_with_records_after_are_corruption(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "d"
-    d = fresh(path, **PRE)
-    d.append(recs(5))
-    d.sync()
-    d.close()
-    (seg,) = segments(path)
+    seg = five_records(path)
     data = bytearray(seg.read_bytes())
     start, end = frames(bytes(data[: written(bytes(data))]))[2]
     data[start:end] = bytes(end - start)  # a middle record wiped to zeros
