@@ -400,8 +400,10 @@ class ClusterSequencer:
             # the loop goes on reading meanwhile and the next Ready's records
             # share one fsync. Decisions need no wait: each is durable on a
             # quorum already (our own vote counts only once synced).
-            for to, msg in rd.early:
-                hub.send(to, msg)
+            if rd.early:
+                for to, msg in rd.early:
+                    hub.send(to, msg)
+                hub.flush()  # out before our own fsync, which may run right here
             self._persist_then(rd)
             # Out now: before applying, and before the disk thread takes the GIL.
             hub.flush()
