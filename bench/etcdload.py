@@ -28,17 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import multiprocessing
-import queue
-import random
-import resource
 import sys
 import time
-from array import array
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
-from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +40,32 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doozer.bench import (
+    CONNECT_TIMEOUT,
+    MEASURE,
+    STAMP_LEN,
     WORKLOADS,
+    BenchError,
     Config,
-    Latency,
+    LoadConn,
     Plan,
+    RunState,
     WorkerResult,
+    abandon,
+    await_reply,
+    close_all,
+    drive,
     format_table,
     key_path,
+    key_walk,
+    line_up,
+    measure,
+    open_conn,
     parse_addr,
-    plans_for,
-    summarize,
+    put_keys,
+    read_pattern,
+    stamp,
     watch_dir,
 )
-
-DRAIN_TIMEOUT = 15.0
-CONNECT_TIMEOUT = 5.0
-_STAMP_LEN = 21  # 20 digits of monotonic_ns, then the phase digit
-WARMUP, MEASURE, DRAIN = 0, 1, 2
-
-
-class EtcdLoadError(Exception):
-    """A run that cannot go on: refused connection, failed preload, dead worker."""
 
 
 def _b64(s: str | bytes) -> str:
@@ -91,11 +89,6 @@ def range_request(host: str, key: str, serializable: bool = False) -> bytes:
     if serializable:
         req["serializable"] = True
     return _post(host, "/v3/kv/range", orjson.dumps(req))
-
-
-def _cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 # --- HTTP/1.1 response framing ------------------------------------------------
@@ -176,83 +169,36 @@ class ChunkStream:
 # --- one process's run ------------------------------------------------------------
 
 
-class _Run:
-    def __init__(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> None:
-        self.plan = plan
-        self.loop = loop
-        self.phase = WARMUP
-        self.lat = array("q")
-        self.done = 0
-        self.target = plan.ops
-        self.errors: Counter[str] = Counter()
-        self.live = 0
-        self.finished: asyncio.Future[None] = loop.create_future()
-        self.drained: asyncio.Future[None] = loop.create_future()
-        self.writes = 0
-        self.write_lat = array("q")
-
-    def conn_idle(self) -> None:
-        self.live -= 1
-        if self.live <= 0:
-            for f in (self.drained, self.finished):
-                if not f.done():
-                    f.set_result(None)
-
-    def reached(self) -> None:
-        if not self.finished.done():
-            self.finished.set_result(None)
-
-
-class _Conn(asyncio.Protocol):
+class _Conn(LoadConn):
     """A keep-alive connection: responses come back in request order, so the
     send times of in-flight requests are a FIFO. Outside a load (run None)
     `call` sends one request and resolves with (status, body)."""
 
-    def __init__(self, run: _Run | None, loop: asyncio.AbstractEventLoop) -> None:
-        self.run = run
-        self.loop = loop
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, run: RunState | None, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(run, loop)
         self.buf = bytearray()
         self.calls: deque[asyncio.Future[tuple[int, bytes]]] = deque()
         self.starts: deque[int] = deque()
         self.gen: Callable[[], bytes] | None = None
-        self.outstanding = 0
-        self.active = False
-        self.closing = False
-        self.lost: asyncio.Future[None] = loop.create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
+    def fail_calls(self) -> None:
         while self.calls:
             f = self.calls.popleft()
             if not f.done():
-                f.set_exception(EtcdLoadError("connection lost"))
-        run = self.run
-        if self.active and run is not None:
-            self.active = False
-            if not self.closing:
-                run.errors["CONN_LOST"] += 1
-            self.outstanding = 0
-            run.conn_idle()
+                f.set_exception(BenchError("connection lost"))
 
     def call(self, req: bytes) -> asyncio.Future[tuple[int, bytes]]:
         fut: asyncio.Future[tuple[int, bytes]] = self.loop.create_future()
         if self.transport is None or self.transport.is_closing():
-            fut.set_exception(EtcdLoadError("connection lost"))
+            fut.set_exception(BenchError("connection lost"))
             return fut
         self.calls.append(fut)
         self.transport.write(req)
         return fut
 
     def start(self, gen: Callable[[], bytes], depth: int) -> None:
-        assert self.run is not None
         self.gen = gen
-        self.active = True
-        self.run.live += 1
+        self._activate()
         self._issue(depth)
 
     def _issue(self, n: int) -> None:
@@ -278,17 +224,21 @@ class _Conn(asyncio.Protocol):
             del buf[:pos]
         return out
 
+    def _answer(self, resps: list[tuple[int, bytes]]) -> None:
+        """Not loading: the responses answer control calls, in order."""
+        for r in resps:
+            if self.calls:
+                f = self.calls.popleft()
+                if not f.done():
+                    f.set_result(r)
+
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter_ns()
         self.buf += data
         resps = self._responses()
         run = self.run
         if run is None or not self.active:
-            for r in resps:
-                if self.calls:
-                    f = self.calls.popleft()
-                    if not f.done():
-                        f.set_result(r)
+            self._answer(resps)
             return
         if not resps:
             return
@@ -303,23 +253,11 @@ class _Conn(asyncio.Protocol):
             elif measuring:
                 append(now - t0)
                 ok += 1
-        n = len(resps)
-        self.outstanding -= n
         if ok:
-            run.done += ok
-            if run.target is not None and run.done >= run.target:
-                run.reached()
-        if run.phase != DRAIN:
+            run.count(ok)
+        n = len(resps)
+        if self._settle(run, n):
             self._issue(n)
-        elif self.outstanding == 0 and self.active:
-            self.active = False
-            run.conn_idle()
-
-    def stop(self) -> None:
-        if self.active and self.outstanding == 0:
-            self.active = False
-            assert self.run is not None
-            self.run.conn_idle()
 
 
 def _error_code(status: int, body: bytes) -> str:
@@ -333,7 +271,7 @@ def _error_code(status: int, body: bytes) -> str:
 class _Writer(_Conn):
     """The watch workload's writer: each value carries its send time and phase."""
 
-    def __init__(self, run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, run: RunState, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(run, loop)
         self.phases: deque[int] = deque()
 
@@ -354,11 +292,7 @@ class _Writer(_Conn):
         run = self.run
         assert run is not None
         if not self.active:
-            for r in resps:
-                if self.calls:
-                    f = self.calls.popleft()
-                    if not f.done():
-                        f.set_result(r)
+            self._answer(resps)
             return
         if not resps:
             return
@@ -370,21 +304,17 @@ class _Writer(_Conn):
             elif phase == MEASURE:
                 run.write_lat.append(now - t0)
                 run.writes += 1
-        n = len(resps)
-        self.outstanding -= n
         if run.target is not None and run.writes >= run.target:
             run.reached()
-        if run.phase != DRAIN:
+        n = len(resps)
+        if self._settle(run, n):
             self._issue(n)
-        elif self.outstanding == 0 and self.active:
-            self.active = False
-            run.conn_idle()
 
 
 class _Watcher(asyncio.Protocol):
     """One /v3/watch stream; records send-to-receipt delay of measured writes."""
 
-    def __init__(self, run: _Run, loop: asyncio.AbstractEventLoop, end_key: bytes) -> None:
+    def __init__(self, run: RunState, loop: asyncio.AbstractEventLoop, end_key: bytes) -> None:
         self.run = run
         self.transport: asyncio.Transport | None = None
         self.stream = ChunkStream()
@@ -398,7 +328,7 @@ class _Watcher(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.created.done():
-            self.created.set_exception(EtcdLoadError("watch connection lost"))
+            self.created.set_exception(BenchError("watch connection lost"))
         if not self.ended.done():
             if not self.closing:
                 self.run.errors["CONN_LOST"] += 1
@@ -434,26 +364,15 @@ class _Watcher(asyncio.Protocol):
 
 
 def _make_gen(plan: Plan, cid: int, host: str) -> Callable[[], bytes]:
-    keys = plan.keys
-    paths = [key_path(plan.prefix, i) for i in range(keys)]
+    paths = [key_path(plan.prefix, i) for i in range(plan.keys)]
+    next_key = key_walk(plan.keys, cid)
     value = b"x" * plan.value_size
-    # The same walk over the key space as doozer bench: start spread by
-    # connection, advance by a stride coprime to the key count.
-    state = [(cid * 7919) % keys]
-    stride = 104729 % keys or 1
-    if gcd(stride, keys) != 1:
-        stride = 1
     w = plan.workload
     puts = reads = None
     if w in ("set", "seq-set", "mixed"):
         puts = [put_request(host, p, value) for p in paths]
     if w in ("get", "get-stale", "mixed"):
         reads = [range_request(host, p, serializable=w == "get-stale") for p in paths]
-
-    def next_key() -> int:
-        k = state[0]
-        state[0] = (k + stride) % keys
-        return k
 
     if w in ("get", "get-stale"):
         assert reads is not None
@@ -463,8 +382,7 @@ def _make_gen(plan: Plan, cid: int, host: str) -> Callable[[], bytes]:
         return lambda: puts[next_key()]
     if w == "mixed":
         assert puts is not None and reads is not None
-        rng = random.Random(cid)
-        pattern = [rng.random() < plan.read_fraction for _ in range(4096)]
+        pattern = read_pattern(cid, plan.read_fraction)
         i = [0]
 
         def gen() -> bytes:
@@ -475,41 +393,26 @@ def _make_gen(plan: Plan, cid: int, host: str) -> Callable[[], bytes]:
     raise ValueError(f"no generator for workload {w!r}")
 
 
-def _watch_gen(plan: Plan, run: _Run, host: str) -> Callable[[], bytes]:
+def _watch_gen(plan: Plan, run: RunState, host: str) -> Callable[[], bytes]:
     d = watch_dir(plan.prefix)
     keys = [_b64(f"{d}/k{i}") for i in range(plan.keys)]
-    pad = "x" * max(0, plan.value_size - _STAMP_LEN)
+    pad = "x" * max(0, plan.value_size - STAMP_LEN)
     i = [0]
 
     def gen() -> bytes:
         k = i[0]
         i[0] = (k + 1) % len(keys)
-        v = f"{time.monotonic_ns():020d}{run.phase}{pad}"
+        v = stamp(run.phase, pad)
         body = b'{"key":"%s","value":"%s"}' % (keys[k].encode(), _b64(v).encode())
         return _post(host, "/v3/kv/put", body)
 
     return gen
 
 
-async def _connect(
-    loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], addr: tuple[str, int]
-) -> Any:
-    try:
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(factory, addr[0], addr[1]), CONNECT_TIMEOUT
-        )
-    except (OSError, TimeoutError) as e:
-        raise EtcdLoadError(f"cannot connect to {addr[0]}:{addr[1]}: {e}") from e
-    return conn
-
-
 async def _checked(fut: asyncio.Future[tuple[int, bytes]], what: str) -> dict[str, Any]:
-    try:
-        status, body = await asyncio.wait_for(fut, DRAIN_TIMEOUT)
-    except TimeoutError:
-        raise EtcdLoadError(f"{what}: no reply in {DRAIN_TIMEOUT:g} s") from None
+    status, body = await await_reply(fut, what)
     if status != 200:
-        raise EtcdLoadError(f"{what}: HTTP {status} {body[:200]!r}")
+        raise BenchError(f"{what}: HTTP {status} {body[:200]!r}")
     return orjson.loads(body)
 
 
@@ -520,31 +423,21 @@ def _host(addr: tuple[str, int]) -> str:
 async def preload(addr: tuple[str, int], prefix: str, keys: int, value_size: int) -> None:
     """Put every key once, pipelined 256 at a time, so reads find values."""
     loop = asyncio.get_running_loop()
-    conn: _Conn = await _connect(loop, lambda: _Conn(None, loop), addr)
+    conn = await open_conn(loop, lambda: _Conn(None, loop), addr)
+    value = b"x" * value_size
     try:
-        value = b"x" * value_size
-        for lo in range(0, keys, 256):
-            futs = [
-                conn.call(put_request(_host(addr), key_path(prefix, i), value))
-                for i in range(lo, min(keys, lo + 256))
-            ]
-            for f in futs:
-                await _checked(f, "preload put")
+        await put_keys(
+            keys,
+            lambda i: conn.call(put_request(_host(addr), key_path(prefix, i), value)),
+            lambda f: _checked(f, "preload put"),
+        )
     finally:
-        if conn.transport is not None:
-            conn.transport.close()
-
-
-def _close_all(conns: list[Any]) -> None:
-    for c in conns:
-        if c is not None and c.transport is not None:
-            c.closing = True
-            c.transport.close()
+        close_all([conn])
 
 
 async def run_plan(plan: Plan, barrier: Any = None) -> WorkerResult:
     loop = asyncio.get_running_loop()
-    run = _Run(plan, loop)
+    run = RunState(plan, loop)
     conns: list[_Conn] = []
     watchers: list[_Watcher] = []
     writer: _Writer | None = None
@@ -554,13 +447,13 @@ async def run_plan(plan: Plan, barrier: Any = None) -> WorkerResult:
         if plan.workload == "watch":
             # Watch from just past the current revision: every write of this
             # run comes later, however late a stream is created.
-            ctl: _Conn = await _connect(loop, lambda: _Conn(None, loop), plan.addrs[0])
+            ctl = await open_conn(loop, lambda: _Conn(None, loop), plan.addrs[0])
             try:
                 r = await _checked(
                     ctl.call(range_request(_host(plan.addrs[0]), f"{d}/end")), "range"
                 )
             finally:
-                _close_all([ctl])
+                close_all([ctl])
             base = int(r["header"]["revision"])
             create = orjson.dumps(
                 {
@@ -573,151 +466,39 @@ async def run_plan(plan: Plan, barrier: Any = None) -> WorkerResult:
             )
             for cid in plan.conn_ids:
                 addr = plan.addrs[cid % len(plan.addrs)]
-                w: _Watcher = await _connect(loop, lambda: _Watcher(run, loop, end_key), addr)
+                w = await open_conn(loop, lambda: _Watcher(run, loop, end_key), addr)
                 watchers.append(w)
                 assert w.transport is not None
                 w.transport.write(_post(_host(addr), "/v3/watch", create))
             for w in watchers:
                 await asyncio.wait_for(w.created, CONNECT_TIMEOUT)
             if plan.writer:
-                writer = await _connect(loop, lambda: _Writer(run, loop), plan.addrs[0])
+                writer = await open_conn(loop, lambda: _Writer(run, loop), plan.addrs[0])
         else:
             for cid in plan.conn_ids:
                 addr = plan.addrs[cid % len(plan.addrs)]
-                conns.append(await _connect(loop, lambda: _Conn(run, loop), addr))
-        if barrier is not None:
-            barrier.wait(CONNECT_TIMEOUT * 6)
+                conns.append(await open_conn(loop, lambda: _Conn(run, loop), addr))
+        line_up(barrier)
     except BaseException:
-        if barrier is not None:
-            barrier.abort()
-        _close_all([*conns, *watchers, writer])
+        abandon(barrier, [*conns, *watchers, writer])
         raise
+
+    async def send_end(marker: str) -> None:
+        assert writer is not None
+        req = put_request(_host(plan.addrs[0]), end_key.decode(), marker.encode())
+        await _checked(writer.call(req), "put end marker")
 
     if writer is not None:
         writer.start(_watch_gen(plan, run, _host(plan.addrs[0])), plan.depth)
     for i, c in enumerate(conns):
         cid = plan.conn_ids[i]
         c.start(_make_gen(plan, cid, _host(plan.addrs[cid % len(plan.addrs)])), plan.depth)
-    loaders: list[_Conn] = [*conns, *([writer] if writer is not None else [])]
-    t0, cpu0 = time.perf_counter(), _cpu_s()
-    t1, cpu1 = t0, cpu0
-    try:
-        if loaders:
-            if plan.warmup > 0:
-                await asyncio.wait([run.finished], timeout=plan.warmup)
-            run.phase = MEASURE
-            t0, cpu0 = time.perf_counter(), _cpu_s()
-            if not run.finished.done() and not (run.target is not None and run.target <= 0):
-                await asyncio.wait([run.finished], timeout=plan.duration)
-            run.phase = DRAIN
-            t1, cpu1 = time.perf_counter(), _cpu_s()
-            for c in loaders:
-                c.stop()
-            if run.live > 0:
-                await asyncio.wait([run.drained], timeout=DRAIN_TIMEOUT)
-            if run.live > 0:
-                run.errors["NO_REPLY"] += sum(c.outstanding for c in loaders)
-            if writer is not None and not writer.lost.done():
-                marker = f"{time.monotonic_ns():020d}{DRAIN}".encode()
-                await _checked(
-                    writer.call(put_request(_host(plan.addrs[0]), end_key.decode(), marker)),
-                    "put end marker",
-                )
-        if watchers:
-            limit = DRAIN_TIMEOUT
-            if not loaders:
-                limit += plan.warmup + (plan.duration or 3600.0)
-            pending = [w.ended for w in watchers if not w.ended.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=limit)
-            missing = sum(1 for w in watchers if not w.ended.done())
-            if missing:
-                run.errors["NO_END_MARKER"] += missing
-            if not loaders:
-                t1, cpu1 = time.perf_counter(), _cpu_s()
-    finally:
-        _close_all([*conns, *watchers, writer])
-
-    wall = max(t1 - t0, 1e-9)
-    return WorkerResult(
-        ops=run.done if plan.workload != "watch" else len(run.lat),
-        errors=dict(run.errors),
-        latency=Latency.of(run.lat),
-        wall_s=wall,
-        cpu_s=cpu1 - cpu0,
-        writes=run.writes,
-        write_latency=Latency.of(run.write_lat),
-        writer_wall_s=wall if writer is not None else 0.0,
-    )
-
-
-def _run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def _worker_main(plan: Plan, barrier: Any, results: Any, index: int) -> None:
-    try:
-        results.put((index, _run_loop(run_plan(plan, barrier)), None))
-    except BaseException as e:
-        try:
-            barrier.abort()
-        except Exception:
-            pass
-        results.put((index, None, f"{type(e).__name__}: {e}"))
-
-
-def _spawn(plans: list[Plan]) -> list[WorkerResult]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(plans))
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker_main, args=(p, barrier, results, i), daemon=True)
-        for i, p in enumerate(plans)
-    ]
-    for p in procs:
-        p.start()
-    out: dict[int, WorkerResult] = {}
-    err: str | None = None
-    p0 = plans[0]
-    deadline = time.monotonic() + 60 + p0.warmup + (p0.duration or 3600.0) + 2 * DRAIN_TIMEOUT
-    try:
-        while len(out) < len(plans) and time.monotonic() < deadline:
-            try:
-                i, res, e = results.get(timeout=0.5)
-            except queue.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    raise EtcdLoadError("a worker died") from None
-                continue
-            if e is not None:
-                err = e
-                break
-            out[i] = res
-        if err is not None:
-            raise EtcdLoadError(f"worker failed: {err}")
-        if len(out) < len(plans):
-            raise EtcdLoadError("workers did not finish in time")
-    finally:
-        for p in procs:
-            p.join(timeout=5 if err is None else 0.5)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    return [out[i] for i in range(len(plans))]
+    return await measure(run, conns, writer, watchers, send_end)
 
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run one workload against etcd; the row has doozer bench's shape."""
-    if cfg.workload == "seq-set":
-        cfg = replace(cfg, conns=1, depth=1, procs=1)
-    if cfg.workload in ("get", "get-stale", "mixed") and cfg.preload:
-        _run_loop(preload(cfg.addrs[0], cfg.prefix, cfg.keys, cfg.value_size))
-    plans = plans_for(cfg)
-    results = [_run_loop(run_plan(plans[0]))] if len(plans) == 1 else _spawn(plans)
-    row = summarize(cfg, plans, results)
+    row = drive(cfg, run_plan, lambda c: preload(c.addrs[0], c.prefix, c.keys, c.value_size))
     row["target"] = "etcd"
     return row
 
@@ -763,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                 conns=a.conns,
                 depth=a.pipeline,
                 procs=a.procs,
-                value_size=max(a.value_size, _STAMP_LEN) if w == "watch" else a.value_size,
+                value_size=max(a.value_size, STAMP_LEN) if w == "watch" else a.value_size,
                 keys=a.keys,
                 read_fraction=a.read_fraction,
                 watchers=a.watchers,
@@ -774,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                 preload=not a.no_preload,
             )
             rows.append(run(cfg))
-    except EtcdLoadError as e:
+    except BenchError as e:
         print(f"etcdload: {e}", file=sys.stderr)
         return 1
     if a.json:

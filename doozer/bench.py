@@ -34,9 +34,9 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -48,13 +48,16 @@ DEFAULT_DURATION = 10.0
 DRAIN_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 5.0
 # Below this many bytes the stamp of a watch value would not fit.
-_STAMP_LEN = 21
+STAMP_LEN = 21
 
 WARMUP, MEASURE, DRAIN = 0, 1, 2
 
 _dumps = orjson.dumps
 _loads = orjson.loads
 _NL = orjson.OPT_APPEND_NEWLINE
+
+_T = TypeVar("_T")
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class BenchError(Exception):
@@ -205,6 +208,11 @@ class WorkerResult:
     writer_wall_s: float = 0.0
 
 
+# How a process runs its Plan: run_plan(plan, barrier) in doozer.bench and in
+# bench/etcdload.py; spawn() hands it to the workers by name.
+RunPlan = Callable[[Plan, Any], Coroutine[Any, Any, WorkerResult]]
+
+
 def key_path(prefix: str, i: int) -> str:
     return f"{prefix}/k{i}"
 
@@ -227,15 +235,22 @@ def parse_addr(s: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _cpu_s() -> float:
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
 
-# --- the raw client ---------------------------------------------------------
+def stamp(phase: int, pad: str = "") -> str:
+    """A watch value: its send time (20 digits) and the phase it was sent in,
+    so that watchers in any process can time and classify the write."""
+    return f"{time.monotonic_ns():020d}{phase}{pad}"
 
 
-class _Run:
+# --- the driver, whatever the protocol (bench/etcdload.py uses it too) --------
+
+
+class RunState:
     """State shared by the connections of one process."""
 
     def __init__(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> None:
@@ -266,27 +281,26 @@ class _Run:
         if not self.finished.done():
             self.finished.set_result(None)
 
+    def count(self, ok: int) -> None:
+        """ok more operations succeeded while measuring."""
+        self.done += ok
+        if self.target is not None and self.done >= self.target:
+            self.reached()
 
-class _Conn(asyncio.Protocol):
-    """One connection: string-tagged control calls (ACCESS, REV, preload)
-    plus integer-tagged load slots 0..depth-1. A slot's tag is reused as soon
-    as its reply arrives, so tags never collide and start times live in a list."""
 
-    def __init__(self, run: _Run | None, loop: asyncio.AbstractEventLoop) -> None:
+class LoadConn(asyncio.Protocol):
+    """A load connection's bookkeeping, whatever it speaks: it is `active` from
+    start until it issues no more and owes no replies, and then the run hears
+    conn_idle, once. Subclasses frame the requests and replies."""
+
+    def __init__(self, run: RunState | None, loop: asyncio.AbstractEventLoop) -> None:
         self.run = run
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.buf = b""
-        self.calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.ncalls = 0
-        self.gen: Callable[[int], bytes] | None = None
-        self.starts: list[int] = []
         self.outstanding = 0
         self.active = False
         self.closing = False  # closed by us: no error to count
         self.lost: asyncio.Future[None] = loop.create_future()
-
-    # connection events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -294,10 +308,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
-        for fut in self.calls.values():
-            if not fut.done():
-                fut.set_exception(BenchError("connection lost"))
-        self.calls.clear()
+        self.fail_calls()
         run = self.run
         if self.active and run is not None:
             self.active = False
@@ -305,6 +316,206 @@ class _Conn(asyncio.Protocol):
                 run.errors["CONN_LOST"] += 1
             self.outstanding = 0
             run.conn_idle()
+
+    def fail_calls(self) -> None:
+        """Fail the control calls still waiting for replies; the connection is gone."""
+
+    def _activate(self) -> None:
+        assert self.run is not None
+        self.active = True
+        self.run.live += 1
+
+    def _settle(self, run: RunState, n: int) -> bool:
+        """n load replies are in. True: issue n more; False: the run is
+        draining, and the connection goes idle once it owes nothing."""
+        self.outstanding -= n
+        if run.phase != DRAIN:
+            return True
+        if self.outstanding == 0 and self.active:
+            self.active = False
+            run.conn_idle()
+        return False
+
+    def stop(self) -> None:
+        """Issue no more; the run hears conn_idle once the replies are in."""
+        if self.active and self.outstanding == 0:
+            self.active = False
+            assert self.run is not None
+            self.run.conn_idle()
+
+
+class WatchStream(Protocol):
+    """What measure() needs of a watcher: `ended` resolves once its stream has
+    seen the writer's end marker, failed, or closed."""
+
+    ended: asyncio.Future[None]
+
+
+async def open_conn(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], _P], addr: tuple[str, int]
+) -> _P:
+    """Connect within CONNECT_TIMEOUT; a refusal fails the run, naming the address."""
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(factory, addr[0], addr[1]), CONNECT_TIMEOUT
+        )
+    except (OSError, TimeoutError) as e:
+        raise BenchError(f"cannot connect to {addr[0]}:{addr[1]}: {e}") from e
+    return conn
+
+
+async def await_reply(fut: asyncio.Future[_T], what: str) -> _T:
+    """The reply to a control call; a run that waits longer than DRAIN_TIMEOUT fails."""
+    try:
+        return await asyncio.wait_for(fut, DRAIN_TIMEOUT)
+    except TimeoutError:
+        raise BenchError(f"{what}: no reply in {DRAIN_TIMEOUT:g} s") from None
+
+
+def close_all(conns: Iterable[Any]) -> None:
+    """Close connections (None: skipped) on purpose: no CONN_LOST for them."""
+    for c in conns:
+        if c is not None and c.transport is not None:
+            c.closing = True
+            c.transport.close()
+
+
+async def put_keys(
+    keys: int,
+    put: Callable[[int], asyncio.Future[_T]],
+    check: Callable[[asyncio.Future[_T]], Awaitable[object]],
+) -> None:
+    """Preload: put(i) for every key index, 256 requests pipelined at a time,
+    each batch's replies checked in order before the next goes out."""
+    for lo in range(0, keys, 256):
+        futs = [put(i) for i in range(lo, min(keys, lo + 256))]
+        for f in futs:
+            await check(f)
+
+
+def line_up(barrier: Any) -> None:
+    """Wait until every worker process has connected (no barrier: alone)."""
+    if barrier is not None:
+        barrier.wait(CONNECT_TIMEOUT * 6)
+
+
+def abandon(barrier: Any, conns: Iterable[Any]) -> None:
+    """Setup failed: free the other workers from the barrier, close ours."""
+    if barrier is not None:
+        barrier.abort()
+    close_all(conns)
+
+
+async def measure(
+    run: RunState,
+    conns: Sequence[LoadConn],
+    writer: LoadConn | None,
+    watchers: Sequence[WatchStream],
+    send_end: Callable[[str], Awaitable[object]],
+) -> WorkerResult:
+    """One process's run once its loaders (conns, writer) have started: warm
+    up, measure for plan.duration or until plan.ops, then drain the replies
+    still owed. The writer then sends the end marker (`send_end(value)`) that
+    each watcher waits for. Closes every connection before it returns."""
+    plan = run.plan
+    loaders: list[LoadConn] = [*conns, *([writer] if writer is not None else [])]
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    t1, cpu1 = t0, cpu0
+    try:
+        if loaders:
+            # run.finished fires when the op target is reached or every
+            # connection is gone; the target counts measured ops only.
+            if plan.warmup > 0:
+                await asyncio.wait([run.finished], timeout=plan.warmup)
+            run.phase = MEASURE
+            t0, cpu0 = time.perf_counter(), cpu_seconds()
+            if not run.finished.done() and not (run.target is not None and run.target <= 0):
+                await asyncio.wait([run.finished], timeout=plan.duration)
+            run.phase = DRAIN
+            t1, cpu1 = time.perf_counter(), cpu_seconds()
+            for c in loaders:
+                c.stop()
+            if run.live > 0:
+                await asyncio.wait([run.drained], timeout=DRAIN_TIMEOUT)
+            if run.live > 0:
+                run.errors["NO_REPLY"] += sum(c.outstanding for c in loaders)
+            if writer is not None and not writer.lost.done():
+                await send_end(stamp(DRAIN))
+        if watchers:
+            # Watchers in other processes learn the end from the writer's
+            # marker; bound the wait by the whole run in case the writer died.
+            limit = DRAIN_TIMEOUT
+            if not loaders:
+                limit += plan.warmup + (plan.duration or 3600.0)
+            pending = [w.ended for w in watchers if not w.ended.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=limit)
+            missing = sum(1 for w in watchers if not w.ended.done())
+            if missing:
+                run.errors["NO_END_MARKER"] += missing
+            if not loaders:
+                t1, cpu1 = time.perf_counter(), cpu_seconds()
+    finally:
+        close_all([*conns, *watchers, writer])
+
+    wall = max(t1 - t0, 1e-9)
+    return WorkerResult(
+        ops=run.done if plan.workload != "watch" else len(run.lat),
+        errors=dict(run.errors),
+        latency=Latency.of(run.lat),
+        wall_s=wall,
+        cpu_s=cpu1 - cpu0,
+        writes=run.writes,
+        write_latency=Latency.of(run.write_lat),
+        writer_wall_s=wall if writer is not None else 0.0,
+    )
+
+
+def key_walk(keys: int, cid: int) -> Callable[[], int]:
+    """The key indices connection `cid` visits, in order: connections start
+    spread over the key space and advance by a stride prime to typical key
+    counts, so that each one touches every key."""
+    state = [(cid * 7919) % keys]
+    stride = 104729 % keys or 1
+    if math.gcd(stride, keys) != 1:
+        stride = 1
+
+    def next_key() -> int:
+        k = state[0]
+        state[0] = (k + stride) % keys
+        return k
+
+    return next_key
+
+
+def read_pattern(cid: int, read_fraction: float) -> list[bool]:
+    """mixed: which requests of a 4096-long cycle are reads; seeded by the
+    connection, so that every run repeats it."""
+    rng = random.Random(cid)
+    return [rng.random() < read_fraction for _ in range(4096)]
+
+
+# --- the raw client ---------------------------------------------------------
+
+
+class _Conn(LoadConn):
+    """One connection: string-tagged control calls (ACCESS, REV, preload)
+    plus integer-tagged load slots 0..depth-1. A slot's tag is reused as soon
+    as its reply arrives, so tags never collide and start times live in a list."""
+
+    def __init__(self, run: RunState | None, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(run, loop)
+        self.buf = b""
+        self.calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.ncalls = 0
+        self.gen: Callable[[int], bytes] | None = None
+        self.starts: list[int] = []
+
+    def fail_calls(self) -> None:
+        for fut in self.calls.values():
+            if not fut.done():
+                fut.set_exception(BenchError("connection lost"))
+        self.calls.clear()
 
     # control path
 
@@ -330,11 +541,9 @@ class _Conn(asyncio.Protocol):
     # load path
 
     def start(self, gen: Callable[[int], bytes], depth: int) -> None:
-        assert self.run is not None
         self.gen = gen
         self.starts = [0] * depth
-        self.active = True
-        self.run.live += 1
+        self._activate()
         self._issue(list(range(depth)))
 
     def _issue(self, slots: list[int]) -> None:
@@ -382,30 +591,17 @@ class _Conn(asyncio.Protocol):
                 self._control(tag, r)
         if not free:
             return
-        self.outstanding -= len(free)
         if ok:
-            run.done += ok
-            if run.target is not None and run.done >= run.target:
-                run.reached()
-        if run.phase != DRAIN:
+            run.count(ok)
+        if self._settle(run, len(free)):
             self._issue(free)
-        elif self.outstanding == 0 and self.active:
-            self.active = False
-            run.conn_idle()
-
-    def stop(self) -> None:
-        """Issue no more; the run hears conn_idle once the replies are in."""
-        if self.active and self.outstanding == 0:
-            self.active = False
-            assert self.run is not None
-            self.run.conn_idle()
 
 
 class _Writer(_Conn):
     """The watch workload's writer: each value carries its send time and the
     phase it was sent in, so watchers in any process can time and classify it."""
 
-    def __init__(self, run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, run: RunState, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(run, loop)
         self.slot_phase: list[int] = []
 
@@ -448,21 +644,17 @@ class _Writer(_Conn):
                 run.writes += 1
         if not free:
             return
-        self.outstanding -= len(free)
         if run.target is not None and run.writes >= run.target:
             run.reached()
-        if run.phase != DRAIN:
+        if self._settle(run, len(free)):
             self._issue(free)
-        elif self.outstanding == 0 and self.active:
-            self.active = False
-            run.conn_idle()
 
 
 class _Watcher(_Conn):
     """A WATCH stream: records the delay from each measured write's send time
     to its arrival here; the writer's end marker closes the stream."""
 
-    def __init__(self, run: _Run, loop: asyncio.AbstractEventLoop, end_path: str) -> None:
+    def __init__(self, run: RunState, loop: asyncio.AbstractEventLoop, end_path: str) -> None:
         super().__init__(run, loop)
         self.end_path = end_path
         self.ended: asyncio.Future[None] = loop.create_future()
@@ -516,21 +708,10 @@ def _value(size: int) -> str:
 
 def _make_gen(plan: Plan, cid: int) -> Callable[[int], bytes]:
     """The request a load slot sends next, for connection `cid`."""
-    keys = plan.keys
-    paths = [key_path(plan.prefix, i) for i in range(keys)]
+    paths = [key_path(plan.prefix, i) for i in range(plan.keys)]
+    next_key = key_walk(plan.keys, cid)
     value = _value(plan.value_size)
-    # Spread the connections over the key space; advance by a stride prime to
-    # typical key counts so one connection touches every key.
-    state = [(cid * 7919) % keys]
-    stride = 104729 % keys or 1
-    if math.gcd(stride, keys) != 1:
-        stride = 1
     w = plan.workload
-
-    def next_key() -> str:
-        k = state[0]
-        state[0] = (k + stride) % keys
-        return paths[k]
 
     if w in ("get", "get-stale"):
         stale = w == "get-stale"
@@ -538,46 +719,46 @@ def _make_gen(plan: Plan, cid: int) -> Callable[[int], bytes]:
         def gen(slot: int) -> bytes:
             if stale:
                 return _dumps(
-                    {"tag": slot, "verb": "GET", "path": next_key(), "stale": True}, option=_NL
+                    {"tag": slot, "verb": "GET", "path": paths[next_key()], "stale": True},
+                    option=_NL,
                 )
-            return _dumps({"tag": slot, "verb": "GET", "path": next_key()}, option=_NL)
+            return _dumps({"tag": slot, "verb": "GET", "path": paths[next_key()]}, option=_NL)
 
         return gen
     if w in ("set", "seq-set"):
 
         def gen(slot: int) -> bytes:
             return _dumps(
-                {"tag": slot, "verb": "SET", "path": next_key(), "value": value}, option=_NL
+                {"tag": slot, "verb": "SET", "path": paths[next_key()], "value": value}, option=_NL
             )
 
         return gen
     if w == "mixed":
-        rng = random.Random(cid)
-        pattern = [rng.random() < plan.read_fraction for _ in range(4096)]
+        pattern = read_pattern(cid, plan.read_fraction)
         i = [0]
 
         def gen(slot: int) -> bytes:
             i[0] = n = (i[0] + 1) & 4095
             if pattern[n]:
-                return _dumps({"tag": slot, "verb": "GET", "path": next_key()}, option=_NL)
+                return _dumps({"tag": slot, "verb": "GET", "path": paths[next_key()]}, option=_NL)
             return _dumps(
-                {"tag": slot, "verb": "SET", "path": next_key(), "value": value}, option=_NL
+                {"tag": slot, "verb": "SET", "path": paths[next_key()], "value": value}, option=_NL
             )
 
         return gen
     raise ValueError(f"no generator for workload {w!r}")
 
 
-def _watch_gen(plan: Plan, run: _Run) -> Callable[[int], bytes]:
+def _watch_gen(plan: Plan, run: RunState) -> Callable[[int], bytes]:
     d = watch_dir(plan.prefix)
     paths = [f"{d}/k{i}" for i in range(plan.keys)]
-    pad = _value(max(0, plan.value_size - _STAMP_LEN))
+    pad = _value(max(0, plan.value_size - STAMP_LEN))
     i = [0]
 
     def gen(slot: int) -> bytes:
         k = i[0]
         i[0] = (k + 1) % len(paths)
-        v = f"{time.monotonic_ns():020d}{run.phase}{pad}"
+        v = stamp(run.phase, pad)
         return _dumps({"tag": slot, "verb": "SET", "path": paths[k], "value": v}, option=_NL)
 
     return gen
@@ -592,12 +773,7 @@ async def _connect(
     addr: tuple[str, int],
     secret: str | None,
 ) -> _Conn:
-    try:
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(factory, addr[0], addr[1]), CONNECT_TIMEOUT
-        )
-    except (OSError, TimeoutError) as e:
-        raise BenchError(f"cannot connect to {addr[0]}:{addr[1]}: {e}") from e
+    conn = await open_conn(loop, factory, addr)
     if secret is not None:
         try:
             r = await asyncio.wait_for(
@@ -606,16 +782,13 @@ async def _connect(
             if "err_code" in r:
                 raise BenchError(f"ACCESS refused by {addr[0]}:{addr[1]}: {r['err_code']}")
         except BaseException:
-            _close_all([conn])
+            close_all([conn])
             raise
     return conn
 
 
 async def _checked(fut: asyncio.Future[dict[str, Any]], what: str) -> dict[str, Any]:
-    try:
-        r = await asyncio.wait_for(fut, DRAIN_TIMEOUT)
-    except TimeoutError:
-        raise BenchError(f"{what}: no reply in {DRAIN_TIMEOUT:g} s") from None
+    r = await await_reply(fut, what)
     if "err_code" in r:
         raise BenchError(f"{what}: {r['err_code']} {r.get('err_detail', '')}".rstrip())
     return r
@@ -627,37 +800,22 @@ async def preload(
     """SET every key once so that reads find files; pipelined, 256 at a time."""
     loop = asyncio.get_running_loop()
     conn = await _connect(loop, lambda: _Conn(None, loop), addr, secret)
+    value = _value(value_size)
     try:
-        value = _value(value_size)
-        for lo in range(0, keys, 256):
-            futs = [
-                conn.call({"verb": "SET", "path": key_path(prefix, i), "value": value})
-                for i in range(lo, min(keys, lo + 256))
-            ]
-            for f in futs:
-                await _checked(f, "preload SET")
+        await put_keys(
+            keys,
+            lambda i: conn.call({"verb": "SET", "path": key_path(prefix, i), "value": value}),
+            lambda f: _checked(f, "preload SET"),
+        )
     finally:
-        if conn.transport is not None:
-            conn.transport.close()
-
-
-def _close_all(conns: list[Any]) -> None:
-    for c in conns:
-        if c is not None and c.transport is not None:
-            c.closing = True
-            c.transport.close()
-
-
-def _barrier_wait(barrier: Any) -> None:
-    if barrier is not None:
-        barrier.wait(CONNECT_TIMEOUT * 6)
+        close_all([conn])
 
 
 async def run_plan(plan: Plan, barrier: Any = None) -> WorkerResult:
     """Drive one process's share of the load; `barrier` (multiprocessing)
     lines the processes up after they connect and before the clock starts."""
     loop = asyncio.get_running_loop()
-    run = _Run(plan, loop)
+    run = RunState(plan, loop)
     conns: list[_Conn] = []
     watchers: list[_Watcher] = []
     writer: _Writer | None = None
@@ -690,93 +848,22 @@ async def run_plan(plan: Plan, barrier: Any = None) -> WorkerResult:
             for cid in plan.conn_ids:
                 addr = plan.addrs[cid % len(plan.addrs)]
                 conns.append(await _connect(loop, lambda: _Conn(run, loop), addr, plan.secret))
-        _barrier_wait(barrier)
+        line_up(barrier)
     except BaseException:
-        if barrier is not None:
-            barrier.abort()
-        _close_all([*conns, *watchers, writer])
+        abandon(barrier, [*conns, *watchers, writer])
         raise
+
+    async def send_end(marker: str) -> None:
+        assert writer is not None
+        await _checked(
+            writer.call({"verb": "SET", "path": end_path, "value": marker}), "SET end marker"
+        )
 
     if writer is not None:
         writer.start(_watch_gen(plan, run), plan.depth)
     for i, c in enumerate(conns):
         c.start(_make_gen(plan, plan.conn_ids[i]), plan.depth)
-    loaders: list[_Conn] = [*conns, *([writer] if writer is not None else [])]
-    t0, cpu0 = time.perf_counter(), _cpu_s()
-    t1, cpu1 = t0, cpu0
-    try:
-        if loaders:
-            # run.finished fires when the op target is reached or every
-            # connection is gone; the target counts measured ops only.
-            if plan.warmup > 0:
-                await asyncio.wait([run.finished], timeout=plan.warmup)
-            run.phase = MEASURE
-            t0, cpu0 = time.perf_counter(), _cpu_s()
-            if not run.finished.done() and not (run.target is not None and run.target <= 0):
-                await asyncio.wait([run.finished], timeout=plan.duration)
-            run.phase = DRAIN
-            t1, cpu1 = time.perf_counter(), _cpu_s()
-            for c in loaders:
-                c.stop()
-            if run.live > 0:
-                await asyncio.wait([run.drained], timeout=DRAIN_TIMEOUT)
-            if run.live > 0:
-                run.errors["NO_REPLY"] += sum(c.outstanding for c in loaders)
-            if writer is not None and not writer.lost.done():
-                end_marker = f"{time.monotonic_ns():020d}{DRAIN}"
-                await _checked(
-                    writer.call({"verb": "SET", "path": end_path, "value": end_marker}),
-                    "SET end marker",
-                )
-        if watchers:
-            # Watchers in other processes learn the end from the writer's
-            # marker; bound the wait by the whole run in case the writer died.
-            limit = DRAIN_TIMEOUT
-            if not loaders:
-                limit += plan.warmup + (plan.duration or 3600.0)
-            pending = [w.ended for w in watchers if not w.ended.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=limit)
-            missing = sum(1 for w in watchers if not w.ended.done())
-            if missing:
-                run.errors["NO_END_MARKER"] += missing
-            if not loaders:
-                t1, cpu1 = time.perf_counter(), _cpu_s()
-    finally:
-        _close_all([*conns, *watchers, writer])
-
-    wall = max(t1 - t0, 1e-9)
-    return WorkerResult(
-        ops=run.done if plan.workload != "watch" else len(run.lat),
-        errors=dict(run.errors),
-        latency=Latency.of(run.lat),
-        wall_s=wall,
-        cpu_s=cpu1 - cpu0,
-        writes=run.writes,
-        write_latency=Latency.of(run.write_lat),
-        writer_wall_s=wall if writer is not None else 0.0,
-    )
-
-
-def _run_loop(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # the bench still works, only slower
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def _worker_main(plan: Plan, barrier: Any, results: Any, index: int) -> None:
-    """Entry point of a spawned worker process."""
-    try:
-        res = _run_loop(run_plan(plan, barrier))
-        results.put((index, res, None))
-    except BaseException as e:  # reported to the parent, which fails the run
-        try:
-            barrier.abort()
-        except Exception:
-            pass
-        results.put((index, None, f"{type(e).__name__}: {e}"))
+    return await measure(run, conns, writer, watchers, send_end)
 
 
 # --- orchestration ------------------------------------------------------------
@@ -842,12 +929,36 @@ def plans_for(cfg: Config) -> list[Plan]:
     ]
 
 
-def _spawn(plans: list[Plan]) -> list[WorkerResult]:
+def run_loop(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run coro on a fresh event loop: uvloop's when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # the bench still works, only slower
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _worker_main(run_plan: RunPlan, plan: Plan, barrier: Any, results: Any, index: int) -> None:
+    """Entry point of a spawned worker process."""
+    try:
+        res = run_loop(run_plan(plan, barrier))
+        results.put((index, res, None))
+    except BaseException as e:  # reported to the parent, which fails the run
+        try:
+            barrier.abort()
+        except Exception:
+            pass
+        results.put((index, None, f"{type(e).__name__}: {e}"))
+
+
+def spawn(plans: list[Plan], run_plan: RunPlan) -> list[WorkerResult]:
+    """Run each plan in a process of its own with `run_plan`, which the
+    workers import by name; a failed or late worker fails the run."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(plans))
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_main, args=(p, barrier, results, i), daemon=True)
+        ctx.Process(target=_worker_main, args=(run_plan, p, barrier, results, i), daemon=True)
         for i, p in enumerate(plans)
     ]
     for p in procs:
@@ -882,15 +993,27 @@ def _spawn(plans: list[Plan]) -> list[WorkerResult]:
     return [out[i] for i in range(len(plans))]
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Run one workload and return its result row (what --json prints)."""
+def drive(
+    cfg: Config, run_plan: RunPlan, preload: Callable[[Config], Coroutine[Any, Any, None]]
+) -> dict[str, Any]:
+    """Run one workload with `run_plan`, in this process or spread over
+    cfg.procs, after `preload` when it reads; returns its result row."""
     if cfg.workload == "seq-set":
         cfg = replace(cfg, conns=1, depth=1, procs=1)
     if cfg.workload in ("get", "get-stale", "mixed") and cfg.preload:
-        _run_loop(preload(cfg.addrs[0], cfg.secret, cfg.prefix, cfg.keys, cfg.value_size))
+        run_loop(preload(cfg))
     plans = plans_for(cfg)
-    results = [_run_loop(run_plan(plans[0]))] if len(plans) == 1 else _spawn(plans)
+    results = [run_loop(run_plan(plans[0], None))] if len(plans) == 1 else spawn(plans, run_plan)
     return summarize(cfg, plans, results)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run one workload and return its result row (what --json prints)."""
+    return drive(
+        cfg,
+        run_plan,
+        lambda c: preload(c.addrs[0], c.secret, c.prefix, c.keys, c.value_size),
+    )
 
 
 def summarize(cfg: Config, plans: list[Plan], results: list[WorkerResult]) -> dict[str, Any]:
@@ -1136,7 +1259,7 @@ def configs_from_args(args: argparse.Namespace) -> list[Config]:
                 conns=args.conns,
                 depth=args.pipeline,
                 procs=args.procs,
-                value_size=max(value_size, _STAMP_LEN) if w == "watch" else value_size,
+                value_size=max(value_size, STAMP_LEN) if w == "watch" else value_size,
                 keys=args.keys,
                 read_fraction=args.read_fraction,
                 watchers=args.watchers,

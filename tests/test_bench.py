@@ -243,6 +243,17 @@ def test_parse_addr() -> None:
         bench.parse_addr("nohost")
 
 
+def test_key_walk_touches_every_key_once_per_cycle() -> None:
+    # 104729 is the stride itself: the walk must fall back to a stride of 1.
+    for keys in (1, 6, 1000, 104729):
+        for cid in (0, 5):
+            walk = bench.key_walk(keys, cid)
+            seen = [walk() for _ in range(keys)]
+            assert sorted(seen) == list(range(keys)), (keys, cid)
+            assert walk() == seen[0]
+    assert bench.key_walk(1000, 0)() != bench.key_walk(1000, 1)()  # connections spread out
+
+
 def test_plans_split_connections_over_processes() -> None:
     cfg = bench.Config(workload="set", addrs=[("h", 1)], conns=5, procs=2, ops=7)
     plans = bench.plans_for(cfg)
