@@ -29,6 +29,7 @@ from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
 from doozer.peer import PeerHub
+from doozer.runtime import tune_gc
 from doozer.sequencer import Proposal
 from doozer.storage import DataDir, StorageError
 from doozer.store import Event, Store
@@ -1001,6 +1002,7 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             seq.node = node
             seq.save_snapshot()
     node.start()
+    tune_gc()
     if args.mem:
         log.warning(
             "--mem: nothing is kept on disk; a member's data survives only while a quorum stays up"

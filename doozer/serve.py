@@ -14,6 +14,7 @@ import sys
 from doozer import protocol
 from doozer.mutation import SET, Mutation
 from doozer.node import Node
+from doozer.runtime import tune_gc
 from doozer.sequencer import LocalSequencer
 from doozer.server import Server
 from doozer.store import Store
@@ -214,6 +215,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes |
         return 1
     node.addr = args.advertise or f"{bound_host}:{bound_port}"
     node.start()
+    tune_gc()
     await write_initial_ctl(node, args.cluster, args.cals)
     try:
         web = await start_web(args, node, secret)
