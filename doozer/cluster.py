@@ -17,6 +17,7 @@ import random
 import secrets
 import socket
 import threading
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ log = logging.getLogger("doozer")
 
 TICK = 0.01  # s between replica ticks
 LAZY_MAX = 512  # decision records held back before they go to the disk on their own
+INST_REVS = 4096  # applied instances whose rev a status can still name
+INF_REV = 1 << 62
 LAZY_AGE = 0.05  # ... or seconds they are held back
 SNAP_REVS = 20_000  # snapshot the store every this many revs ...
 SNAP_BYTES = 64 << 20  # ... or this many bytes of log
@@ -189,6 +192,7 @@ class ClusterSequencer:
         self._startup: list[Any] = []  # Readys drained before the loop ran
         self._lazy: list[list] = []  # decision records not yet handed to the disk
         self._lazy_since = 0.0
+        self._inst_revs: list[tuple[int, int]] = []  # (instance, rev) recently applied
         self._snapshotting = False
         self._filling = False
         self._snap_rev = 0
@@ -351,9 +355,20 @@ class ClusterSequencer:
             t = heard.get(nid)
             out[nid] = {
                 "alive": bool(st.get("connected")) and t is not None and now - t < 3,
-                "applied": None,
+                "applied": self._rev_at(self.replica.peer_commit.get(nid)),
             }
         return out
+
+    def _rev_at(self, instance: int | None) -> int | None:
+        """The store's rev once `instance` was applied here, if still known: what
+        a peer that reported deciding it shows (it applies right after)."""
+        if instance is None or self.node is None:
+            return None
+        if instance >= self.applied_instance:
+            return self.node.store.rev
+        ir = self._inst_revs
+        k = bisect_right(ir, (instance, INF_REV)) - 1
+        return ir[k][1] if k >= 0 and ir[k][0] == instance else None
 
     # -- driving the replica -----------------------------------------------------
 
@@ -542,6 +557,9 @@ class ClusterSequencer:
             props = [Proposal.from_wire(w) for w in batch]
             node.apply_batch(props)
             self.applied_instance = inst
+            self._inst_revs.append((inst, node.store.rev))
+            if len(self._inst_revs) > 2 * INST_REVS:
+                del self._inst_revs[:INST_REVS]
             if self.datadir is None:
                 size = 64 + sum(len(p.m.value) for p in props)
                 self._kept.append((inst, size))

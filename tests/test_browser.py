@@ -471,6 +471,13 @@ def test_screenshot_of_a_three_node_cluster(page: Page) -> None:
             "() => (window.doozerViewer.status || {rate: []}).rate.length >= 2",
             timeout=DEADLINE_MS,
         )
+        if call(first.addr, {"verb": "SELF"})["role"] == "leader":
+            # the leader hears every member's progress: each row shows its rev
+            page.wait_for_function(
+                "() => { const n = (window.doozerViewer.status || {nodes: []}).nodes;"
+                " return n.length == 3 && n.every(x => Number.isInteger(x.applied)); }",
+                timeout=DEADLINE_MS,
+            )
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-viewer-cluster.png"))
     finally:
