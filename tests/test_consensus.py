@@ -189,6 +189,33 @@ def test_lone_member_elects_itself_and_decides_in_order() -> None:
     assert [i for i, _ in a.log] == list(range(1, len(a.log) + 1))
 
 
+def test_a_lone_member_restarting_leads_at_its_first_tick() -> None:
+    net = Net(["a"])
+    a = net.elect(1.0)
+    for k in range(5):
+        net.propose(a, k)
+    net.tick()
+    net.crash("a")
+    a = net.restart("a")
+    net.tick()  # nobody else could lead: no election timeout to wait out
+    assert a.r.is_leader
+    net.propose(a, 5)
+    net.tick()
+    assert net.items(a)[-1] == 5
+
+
+def test_a_member_of_three_restarting_waits_before_campaigning() -> None:
+    net = Net(["a", "b", "c"])
+    net.elect()
+    net.crash("a")
+    net.crash("b")
+    net.crash("c")
+    hosts = [net.restart(x) for x in ("a", "b", "c")]
+    net.tick()
+    assert not any(h.r.is_leader or h.r.role != "follower" for h in hosts)
+    net.elect()
+
+
 def test_three_members_agree_and_followers_learn() -> None:
     net = Net(["a", "b", "c"])
     ld = net.elect()
