@@ -1,7 +1,9 @@
 """Clients and the history they record.
 
-Each client runs one operation at a time against one node (moving to another
-on a connection failure, and now and then anyway): GET, SET, conditional SET
+Each client runs one operation at a time against one node (moving to a random
+other one, as a real client would, when the node is unreachable, slow or says
+UNAVAILABLE, and now and then anyway, so that clients never bunch up on one
+node and availability is measured from where a quorum is): GET, SET, conditional SET
 (at the rev it last saw) and DEL on a small set of keys, every value unique.
 Each key serves a bounded number of operations before a fresh one replaces
 it, so each key's history stays small enough to check exhaustively.
@@ -237,6 +239,11 @@ class Workload:
         rev = seen.get(key, 0) if r < 0.93 and key in seen else -1
         return {"verb": "DEL", "path": key, "rev": rev}
 
+    def _away(self, rng: random.Random, hop: int) -> int:
+        """The hop to a random node other than the current one."""
+        n = len(self.targets())
+        return hop + 1 + rng.randrange(n - 1) if n > 1 else hop
+
     async def _client(self, cid: int) -> None:
         cfg = self.cfg
         rng = random.Random(self.seed * 7919 + cid)
@@ -259,7 +266,7 @@ class Workload:
                     conn = await Conn.open(addr, 1.0)
                 except (OSError, TimeoutError):
                     self.connect_failures += 1
-                    hop += 1
+                    hop = self._away(rng, hop)
                     await asyncio.sleep(rng.uniform(0.05, 0.2))
                     continue
                 done_here = 0
@@ -282,7 +289,7 @@ class Workload:
                 rec.ret, rec.outcome, rec.err = self.history.now(), FAIL, f"not sent: {e!r}"
                 conn.close()
                 conn = None
-                hop += 1
+                hop = self._away(rng, hop)
                 continue
             try:
                 resp = await conn.recv(cfg.op_timeout + 1.0)
@@ -292,10 +299,14 @@ class Workload:
                 rec.err = f"no answer: {e!r}"
                 conn.close()
                 conn = None
-                hop += 1
+                hop = self._away(rng, hop)
                 continue
             rec.ret = self.history.now()
             classify(rec, resp)
+            if resp.get("err_code") == "UNAVAILABLE":
+                conn.close()  # this node cannot serve now: try another
+                conn = None
+                hop = self._away(rng, hop)
             if rec.outcome == OK:
                 if rec.kind == "get":
                     seen[rec.key] = rec.output[1]
