@@ -103,6 +103,21 @@ def test_availability_windows():
     assert checks.quiet_gap(writes, [w], 0.0, 10.0) == pytest.approx(3.0)  # 6.01 .. 9.01
 
 
+def test_availability_tells_a_fault_alone_from_overlapping_ones():
+    writes = [
+        rec(i, "set", t, t + 0.01, value=f"v{i}", output=i) for i, t in enumerate([1, 9, 12, 20])
+    ]
+    kill = Event("kill", start=2.0, heal=8.0)
+    cut = Event("partition-one", start=3.0, heal=7.0)  # inside the kill: no quorum
+    late = Event("partition-one", start=10.0, heal=11.0)  # alone
+    ws = checks.availability(writes, [kill, cut, late], end=25.0)
+    assert [w.alone for w in ws] == [False, False, True]
+    d = checks.per_nemesis(ws)
+    assert d["partition-one"]["longest_no_write_s"] == pytest.approx(9.01 - 3.0)
+    assert d["partition-one"]["longest_no_write_alone_s"] == pytest.approx(12.01 - 10.0)
+    assert d["kill"]["longest_no_write_alone_s"] == 0.0
+
+
 def test_plan_is_drawn_from_the_seed_and_plays_every_nemesis():
     t = Timing(combine=0.5)
     a = plan(list(ALL), 300, 42, t)

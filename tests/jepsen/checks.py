@@ -173,6 +173,7 @@ class Window:
     recovered: float | None  # completion of the first acknowledged write called after the heal
     longest_gap: float
     checked: bool  # no other fault active at the heal: the recovery bound applies
+    alone: bool = True  # no other fault overlapped it at any time
 
 
 def availability(recs: list[Rec], events: list[Event], end: float) -> list[Window]:
@@ -197,7 +198,8 @@ def availability(recs: list[Rec], events: list[Event], end: float) -> list[Windo
         pts = [ev.start, *rets[lo:hi], stop]
         gap = max((b - a for a, b in itertools.pairwise(pts)), default=0.0)
         others = any(o is not ev and o.start <= h < (o.heal or end) for o in events)
-        out.append(Window(ev.nemesis, ev.start, h, recovered, gap, not others))
+        alone = not any(o is not ev and o.start < h and (o.heal or end) > ev.start for o in events)
+        out.append(Window(ev.nemesis, ev.start, h, recovered, gap, not others, alone))
     return out
 
 
@@ -230,10 +232,20 @@ def per_nemesis(windows: list[Window]) -> dict[str, dict[str, Any]]:
     for w in windows:
         d = out.setdefault(
             w.nemesis,
-            {"faults": 0, "longest_no_write_s": 0.0, "worst_recovery_s": 0.0, "unrecovered": 0},
+            {
+                "faults": 0,
+                "longest_no_write_s": 0.0,
+                "longest_no_write_alone_s": 0.0,  # with no other fault overlapping
+                "worst_recovery_s": 0.0,
+                "unrecovered": 0,
+            },
         )
         d["faults"] += 1
         d["longest_no_write_s"] = round(max(d["longest_no_write_s"], w.longest_gap), 3)
+        if w.alone:
+            d["longest_no_write_alone_s"] = round(
+                max(d["longest_no_write_alone_s"], w.longest_gap), 3
+            )
         if w.recovered is None:
             d["unrecovered"] += 1
         else:

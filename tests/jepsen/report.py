@@ -117,12 +117,15 @@ def text(
         f"writable again: {_s(t.get('writable_after_final_heal_s'))} after the final heal, "
         f"{_s(t.get('writable_after_full_restart_s'))} after the full restart"
     )
-    out.append("longest window without an acknowledged write, per nemesis (worst heal->write):")
+    out.append(
+        "longest window without an acknowledged write, per nemesis: with any other fault"
+        " overlapping / with none (worst heal->write):"
+    )
     for name, d in s["availability"]["per_nemesis"].items():
         extra = f", {d['unrecovered']} never recovered" if d["unrecovered"] else ""
         out.append(
-            f"  {name:18s} {d['faults']:4d} faults  {d['longest_no_write_s']:7.2f}s  "
-            f"({d['worst_recovery_s']:.2f}s{extra})"
+            f"  {name:18s} {d['faults']:4d} faults  {d['longest_no_write_s']:7.2f}s / "
+            f"{d['longest_no_write_alone_s']:5.2f}s  ({d['worst_recovery_s']:.2f}s{extra})"
         )
     calm = s["availability"]["longest_no_write_without_fault_s"]
     out.append(f"  {'(no fault active)':18s}             {calm:7.2f}s")
