@@ -277,7 +277,7 @@ class Connection(asyncio.Protocol):
         self._out_bytes += len(data)
         if not self._in_data and not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.server.flush_soon(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -335,6 +335,24 @@ class Server:
         self.dispatch = dispatch or node.dispatch
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        # Connections answered outside their own data_received (a write
+        # decided, a watch fired) are flushed together at the end of the loop
+        # iteration: one callback for all, not one per connection.
+        self._dirty: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def flush_soon(self, conn: Connection) -> None:
+        dirty = self._dirty
+        if not dirty:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._flush_dirty)
+        dirty.append(conn)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn._flush()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from doozer import storage
+from tests.faultyfs import FaultyOS
 from tests.nodeproc import NodeProc
 
 
@@ -27,3 +29,11 @@ def node():
     finally:
         rc = n.stop()
         assert rc == 0, f"node exited {rc}:\n{n.log()}"
+
+
+@pytest.fixture
+def fos(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
+    """doozer.storage's `os`, with faults to inject (tests/faultyfs.py)."""
+    f = FaultyOS()
+    monkeypatch.setattr(storage, "os", f)
+    return f

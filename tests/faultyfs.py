@@ -4,6 +4,7 @@
     monkeypatch.setattr(doozer.storage, "os", fos)
     fos.space = 100          # the disk takes 100 more bytes, then ENOSPC
     fos.fail["fdatasync"] = errno.EIO
+    fos.delay["fdatasync"] = 0.05  # a slow disk: each call sleeps first
 
 Everything not overridden is the real `os`. Calls are counted in `fos.calls`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,12 +28,16 @@ class FaultyOS:
         self.fail: dict[str, int] = {}  # function name -> errno it raises
         self.fail_create: tuple[str, int] | None = None  # (name suffix, errno) for O_CREAT
         self.calls: Counter[str] = Counter()
+        self.delay: dict[str, float] = {}  # function name -> seconds it sleeps first
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
     def _check(self, name: str) -> None:
         self.calls[name] += 1
+        pause = self.delay.get(name)
+        if pause:
+            time.sleep(pause)
         code = self.fail.get(name)
         if code is not None:
             raise _err(code)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from doozer import storage
 from doozer.storage import CorruptionError, DataDir, StorageError
 from tests.faultyfs import FaultyOS
 
@@ -78,13 +77,6 @@ def flip(path: Path, i: int) -> bytes:
     data[i] ^= 0x41
     path.write_bytes(bytes(data))
     return bytes(data)
-
-
-@pytest.fixture
-def fos(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
-    f = FaultyOS()
-    monkeypatch.setattr(storage, "os", f)
-    return f
 
 
 # -- basics ------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The disk thread: inline fsyncs on a fast disk, the thread on a slow one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from doozer.cluster import INLINE_SYNC_MAX, DiskThread
+from doozer.storage import DataDir
+from tests.faultyfs import FaultyOS
+
+
+def rec(i: int) -> list:
+    return ["a", i, [1, "n"], [["o", i, [1, f"/k/{i}", -1, "dg=="]]]]
+
+
+def open_dir(path: Path) -> DataDir:
+    d = DataDir.open(str(path), create=True, preallocate=False)
+    d.load()
+    return d
+
+
+def reread(path: Path) -> list[list]:
+    d = DataDir.open(str(path), create=False, preallocate=False)
+    try:
+        return d.load()[1]
+    finally:
+        d.close()
+
+
+async def submit(disk: DiskThread, records: list[list]) -> str | None:
+    fut = asyncio.get_running_loop().create_future()
+    disk.submit(records, fut.set_result)
+    return await asyncio.wait_for(fut, 10)
+
+
+def test_a_fast_disk_is_synced_on_the_callers_thread(tmp_path: Path, fos: FaultyOS) -> None:
+    async def main() -> None:
+        dd = open_dir(tmp_path / "d")
+        disk = DiskThread(dd, asyncio.get_running_loop())
+        try:
+            before = fos.calls["fdatasync"]
+            for i in range(5):
+                assert disk.sync_inline([rec(i)]) == (True, None)
+            assert disk.sync_avg < INLINE_SYNC_MAX
+            assert fos.calls["fdatasync"] - before == 5
+        finally:
+            disk.close()
+            dd.close()
+
+    asyncio.run(main())
+    assert reread(tmp_path / "d") == [rec(i) for i in range(5)]
+
+
+def test_a_slow_disk_goes_to_the_thread_and_the_loop_keeps_running(
+    tmp_path: Path, fos: FaultyOS
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dd = open_dir(tmp_path / "d")
+        disk = DiskThread(dd, loop)
+        try:
+            fos.delay["fdatasync"] = 0.03
+            # Inline until the smoothed fsync time says the disk is slow.
+            inline = 0
+            for i in range(50):
+                done, err = disk.sync_inline([rec(i)])
+                if not done:
+                    break
+                assert err is None
+                inline += 1
+            assert 0 < inline < 50
+            assert disk.sync_avg > INLINE_SYNC_MAX
+            # Now the thread syncs while the loop keeps running: ticks fire
+            # during a slow fsync, and callbacks come back in order.
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                for _ in range(1000):
+                    await asyncio.sleep(0.002)
+                    ticks += 1
+
+            ticker = loop.create_task(tick())
+            fos.delay["fdatasync"] = 0.2
+            order: list[int] = []
+            futs = []
+            for k in range(3):
+                fut = loop.create_future()
+                futs.append(fut)
+
+                def done(err: str | None, k: int = k, fut: asyncio.Future = fut) -> None:
+                    order.append(k)
+                    fut.set_result(err)
+
+                disk.submit([rec(100 + k)], done)
+            assert await asyncio.wait_for(asyncio.gather(*futs), 10) == [None] * 3
+            assert order == [0, 1, 2]
+            assert ticks >= 20  # the loop ran through ~0.2 s or more of fsync
+            ticker.cancel()
+            # A disk that is fast again goes back inline within a few syncs.
+            fos.delay.clear()
+            for _ in range(100):
+                if disk.sync_avg <= INLINE_SYNC_MAX:
+                    break
+                assert await submit(disk, [rec(200)]) is None
+            # (the thread marks itself idle just after posting its callbacks)
+            for _ in range(500):
+                done, err = disk.sync_inline([rec(300)])
+                if done:
+                    break
+                await asyncio.sleep(0.001)
+            assert (done, err) == (True, None)
+        finally:
+            disk.close()
+            dd.close()
+
+    asyncio.run(main())
+    got = reread(tmp_path / "d")
+    assert got[-1] == rec(300)
+    assert [rec(100), rec(101), rec(102)] == [r for r in got if 100 <= r[1] < 200]
