@@ -85,13 +85,11 @@ class DiskThread:
     def sync_inline(self, records: list[list]) -> tuple[bool, str | None]:
         """Append and fsync on the caller's thread if the disk is fast and the
         disk thread idle (nothing queued, nothing running, so order is kept).
-        The two thread hand-offs and the GIL traffic they bring cost more CPU
-        than a fast fsync blocks: measured here, inline syncing used ~20 %
-        less CPU per write across three members and served as many or more
-        writes at 16 and 64 clients. While one node blocks in its fsync the
-        others run, and what arrives meanwhile shares the next fsync. A slow
-        disk (a smoothed fsync over INLINE_SYNC_MAX) would stall heartbeats and
-        reads, so it is left to the thread. Returns (done, error)."""
+        The thread hand-offs and the GIL traffic they bring cost CPU: syncing
+        inline used ~15-20 % less CPU per write across three members here.
+        The caller decides when blocking is worth that (see _persist_then).
+        A slow disk (a smoothed fsync over INLINE_SYNC_MAX) would stall
+        heartbeats and reads, so it is left to the thread. Returns (done, error)."""
         with self._cv:
             if self._jobs or self._busy or self._closed or self.sync_avg > INLINE_SYNC_MAX:
                 return False, None
@@ -458,7 +456,12 @@ class ClusterSequencer:
                 records = self._lazy + records
                 self._lazy = []
             entry = [rd.messages, rd.loopback, False]
-            if not pipe:
+            # A follower syncs inline: blocking costs only its own vote, and
+            # the leader needs one vote of two. A loaded leader heads the
+            # pipeline, so it keeps reading while the disk thread syncs (it
+            # still syncs inline with one write of its own in flight, where
+            # the hand-offs would cost more than the fsync).
+            if not pipe and (not self.replica.is_leader or len(self._undecided) <= 1):
                 done, err = disk.sync_inline(records)
                 if done:
                     if err is None:
