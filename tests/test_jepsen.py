@@ -115,7 +115,9 @@ def test_availability_tells_a_fault_alone_from_overlapping_ones():
     d = checks.per_nemesis(ws)
     assert d["partition-one"]["longest_no_write_s"] == pytest.approx(9.01 - 3.0)
     assert d["partition-one"]["longest_no_write_alone_s"] == pytest.approx(12.01 - 10.0)
+    assert d["partition-one"]["longest_alone_at_s"] == pytest.approx(10.0)
     assert d["kill"]["longest_no_write_alone_s"] == 0.0
+    assert d["kill"]["longest_alone_at_s"] is None
 
 
 def test_plan_is_drawn_from_the_seed_and_plays_every_nemesis():

@@ -174,6 +174,7 @@ class Window:
     longest_gap: float
     checked: bool  # no other fault active at the heal: the recovery bound applies
     alone: bool = True  # no other fault overlapped it at any time
+    gap_at: float = 0.0  # when the longest gap began (run time, s)
 
 
 def availability(recs: list[Rec], events: list[Event], end: float) -> list[Window]:
@@ -196,10 +197,10 @@ def availability(recs: list[Rec], events: list[Event], end: float) -> list[Windo
         stop = recovered if recovered is not None else end
         lo, hi = bisect.bisect_right(rets, ev.start), bisect.bisect_left(rets, stop)
         pts = [ev.start, *rets[lo:hi], stop]
-        gap = max((b - a for a, b in itertools.pairwise(pts)), default=0.0)
+        gap, gap_at = max(((b - a, a) for a, b in itertools.pairwise(pts)), default=(0.0, ev.start))
         others = any(o is not ev and o.start <= h < (o.heal or end) for o in events)
         alone = not any(o is not ev and o.start < h and (o.heal or end) > ev.start for o in events)
-        out.append(Window(ev.nemesis, ev.start, h, recovered, gap, not others, alone))
+        out.append(Window(ev.nemesis, ev.start, h, recovered, gap, not others, alone, gap_at))
     return out
 
 
@@ -236,16 +237,18 @@ def per_nemesis(windows: list[Window]) -> dict[str, dict[str, Any]]:
                 "faults": 0,
                 "longest_no_write_s": 0.0,
                 "longest_no_write_alone_s": 0.0,  # with no other fault overlapping
+                "longest_alone_at_s": None,  # when that gap began, to find it in the log
                 "worst_recovery_s": 0.0,
                 "unrecovered": 0,
             },
         )
         d["faults"] += 1
         d["longest_no_write_s"] = round(max(d["longest_no_write_s"], w.longest_gap), 3)
-        if w.alone:
-            d["longest_no_write_alone_s"] = round(
-                max(d["longest_no_write_alone_s"], w.longest_gap), 3
-            )
+        if w.alone and (
+            d["longest_alone_at_s"] is None or w.longest_gap > d["longest_no_write_alone_s"]
+        ):
+            d["longest_no_write_alone_s"] = round(w.longest_gap, 3)
+            d["longest_alone_at_s"] = round(w.gap_at, 1)
         if w.recovered is None:
             d["unrecovered"] += 1
         else:

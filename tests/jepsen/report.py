@@ -119,13 +119,15 @@ def text(
     )
     out.append(
         "longest window without an acknowledged write, per nemesis: with any other fault"
-        " overlapping / with none (worst heal->write):"
+        " overlapping / with none, and when that began (worst heal->write):"
     )
     for name, d in s["availability"]["per_nemesis"].items():
         extra = f", {d['unrecovered']} never recovered" if d["unrecovered"] else ""
+        at = d.get("longest_alone_at_s")
+        where = f" @ {at:7.1f}s" if at is not None else " " * 11
         out.append(
             f"  {name:18s} {d['faults']:4d} faults  {d['longest_no_write_s']:7.2f}s / "
-            f"{d['longest_no_write_alone_s']:5.2f}s  ({d['worst_recovery_s']:.2f}s{extra})"
+            f"{d['longest_no_write_alone_s']:5.2f}s{where}  ({d['worst_recovery_s']:.2f}s{extra})"
         )
     calm = s["availability"]["longest_no_write_without_fault_s"]
     out.append(f"  {'(no fault active)':18s}             {calm:7.2f}s")
