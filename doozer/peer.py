@@ -60,6 +60,10 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_TCP_RTO_MAX_MS = 44  # linux/tcp.h; not yet in Python's socket module
+_RTO_MAX_MS = 1000  # the least the kernel accepts
+
+
 def _tune_socket(transport: asyncio.BaseTransport, user_timeout: float) -> None:
     sock = transport.get_extra_info("socket")
     if sock is None:
@@ -72,6 +76,15 @@ def _tune_socket(transport: asyncio.BaseTransport, user_timeout: float) -> None:
     if user_timeout > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
+    # Under packet loss the retransmission timeout doubles on every loss of
+    # the same segment (0.2, 0.4, ... 120 s): a peer link then stalls for
+    # seconds, heartbeats with it, and elections churn; after the loss ends
+    # the link stays silent until the grown timer fires. Capping the RTO at
+    # 1 s (Linux >= 6.15; older kernels refuse it and keep the default)
+    # bounds both. Peer links carry little data, so faster retries cost
+    # nothing worth counting.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_RTO_MAX_MS, _RTO_MAX_MS)
 
 
 class _Link:

@@ -619,3 +619,34 @@ def test_close_while_dialing_is_clean_and_send_after_close_is_harmless() -> None
 def test_hub_requires_a_cluster_id() -> None:
     with pytest.raises(ValueError):
         PeerHub("A", CLUSTER, "", secret=None, on_message=lambda s, m: None)
+
+
+def test_peer_sockets_cap_the_retransmission_timeout() -> None:
+    """A lossy spell must not leave a link silent behind a grown RTO (Linux >= 6.15)."""
+    from doozer import peer
+
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.IPPROTO_TCP, peer._TCP_RTO_MAX_MS, 1000)
+    except OSError:
+        pytest.skip("this kernel has no TCP_RTO_MAX_MS")
+    finally:
+        probe.close()
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        t, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        try:
+            peer._tune_socket(t, 10.0)
+            sock = t.get_extra_info("socket")
+            return (
+                sock.getsockopt(socket.IPPROTO_TCP, peer._TCP_RTO_MAX_MS),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+        finally:
+            t.close()
+            srv.close()
+
+    assert run(main()) == (peer._RTO_MAX_MS, 10_000)
