@@ -189,6 +189,18 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:
     install_signal_handlers()
+    try:
+        return await _start_and_serve(args, host, port, secret)
+    except asyncio.CancelledError:
+        if _stop is None or not _stop.is_set():
+            raise
+        log.info("stopped by a signal while starting")
+        return 0
+
+
+async def _start_and_serve(
+    args: argparse.Namespace, host: str, port: int, secret: bytes | None
+) -> int:
     if not args.single:
         from doozer import cluster
 
@@ -272,23 +284,38 @@ async def start_web(args: argparse.Namespace, node: Node, secret: bytes | None):
 
 
 _stop: asyncio.Event | None = None
+_main: asyncio.Task | None = None  # the task starting the node, then serving
+_serving = False  # start-up is over: a signal now means a graceful stop
 
 
 def install_signal_handlers() -> None:
     """SIGTERM/SIGINT ask for a graceful stop. Installed before listening and
     never removed: in the frozen binary a group signal arrives twice (directly
     and forwarded by the bootloaders), and the repeat must not kill us."""
-    global _stop
+    global _stop, _main, _serving
     loop = asyncio.get_running_loop()
     _stop = asyncio.Event()
+    _main = asyncio.current_task()
+    _serving = False
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _stop.set)
+        loop.add_signal_handler(sig, _on_signal)
+
+
+def _on_signal() -> None:
+    assert _stop is not None
+    _stop.set()
+    if not _serving and _main is not None and not _main.done():
+        # Still starting: joining through a peer that does not answer can
+        # retry for ever, and nothing has been handed out yet. Stop now.
+        _main.cancel()
 
 
 async def wait_for_signal() -> int:
+    global _serving
     if _stop is None:
         install_signal_handlers()
     assert _stop is not None
+    _serving = True
     await _stop.wait()
     return 0
 

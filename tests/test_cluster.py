@@ -264,3 +264,28 @@ def test_member_cut_off_from_peers_majority_goes_on_and_it_catches_up():
         for n in nodes:
             n.stop(5)
         proxy.close()
+
+
+def test_a_node_joining_through_a_silent_peer_stops_on_sigterm_and_sigint():
+    """Joining retries for ever while its peer does not answer; a signal must
+    still stop it at once (a user pressing ^C on a mistyped -a)."""
+    import signal
+    import time
+
+    from tests.nodeproc import NodeProc, free_port
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        n = NodeProc("-a", f"127.0.0.1:{free_port()}")
+        n.start(wait=False)
+        try:
+            assert n.proc is not None
+            end = time.monotonic() + 20
+            while "cannot join" not in n.log() and time.monotonic() < end:
+                assert n.proc.poll() is None, n.log()
+                time.sleep(0.05)
+            assert "cannot join" in n.log()
+            n.proc.send_signal(sig)
+            assert n.proc.wait(10) == 0, n.log()
+            assert "stopped by a signal while starting" in n.log()
+        finally:
+            n.kill()
