@@ -50,8 +50,6 @@ KEEP_DECIDED = 20_000  # decided instances kept for peers that catch up from the
 KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets a snapshot
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
-
-
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
 
 
@@ -86,8 +84,8 @@ class DiskThread:
         """Append and fsync on the caller's thread if the disk is fast and the
         disk thread idle (nothing queued, nothing running, so order is kept).
         The thread hand-offs and the GIL traffic they bring cost CPU: syncing
-        inline used ~15-20 % less CPU per write across three members here.
-        The caller decides when blocking is worth that (see _persist_then).
+        inline on every member used ~15 % less CPU per write here. The caller
+        decides when blocking is worth that (see _persist_then).
         A slow disk (a smoothed fsync over INLINE_SYNC_MAX) would stall
         heartbeats and reads, so it is left to the thread. Returns (done, error)."""
         with self._cv:
