@@ -26,6 +26,11 @@ def test_three_nodes_join_and_any_node_serves_every_verb():
         a, b, cc = c.nodes
         selves = c.selves()
         assert sorted(x["role"] for x in selves.values()).count("leader") == 1
+        # the joins cost no election: the first node led throughout
+        assert selves[a.addr]["role"] == "leader"
+        for n in c.nodes:
+            changes = [ln for ln in n.log().splitlines() if "leader is" in ln]
+            assert len(changes) == 1, changes
         # every slot is taken by the three nodes
         cal = call(a.addr, {"verb": "WALK", "path": "/ctl/cal/*"})["files"]
         assert sorted(f["value"] for f in cal) == sorted(x["value"] for x in selves.values())

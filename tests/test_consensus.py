@@ -541,6 +541,34 @@ def test_membership_change_takes_effect_alpha_instances_later() -> None:
     assert net.items(net.hosts["d"])[-1] == 7
 
 
+def test_a_leader_keeps_leading_while_a_member_joins() -> None:
+    """A new member has not answered a heartbeat yet when it enters the set the
+    leader's check-quorum counts: it gets the same grace as every member at an
+    election, so a join (1 -> 2 members is the tight case: both are needed)
+    causes no step-down and no election."""
+    cfg = Config(election_timeout=1.0, alpha=3)
+    net = Net(["a", "b"], cfg, members=["a"])
+    _member_items(net)
+    ld = net.elect()
+    assert ld.id == "a"
+    net.hosts["b"].r.install_snapshot(0, ld.r.membership_schedule(0))
+    net.run(3 * cfg.election_timeout)  # lead well past one election timeout
+    ballot = ld.r.leader_ballot
+    since = len(net.sent)
+    net.propose(ld, {"members": ["a", "b"]})
+    for k in range(2 * cfg.alpha):  # put the change in force
+        net.propose(ld, k)
+    net.run(3 * cfg.election_timeout)
+    assert net.hosts["b"].r.is_member()
+    assert ld.r.is_leader and ld.r.leader_ballot == ballot
+    assert net.hosts["b"].r.leader == "a"
+    # no campaign: no pre-vote, no prepare but the leader's own ballot's (which
+    # asks the new member for its promise)
+    later = [m for _, _, m in net.sent[since:]]
+    assert not [m for m in later if m["t"] == "v"]
+    assert {ballot_of(m["b"]) for m in later if m["t"] == "p"} <= {ballot}
+
+
 def test_phase1_needs_a_majority_of_every_member_set_it_covers() -> None:
     cfg = Config(election_timeout=1.0, alpha=4)
     net = Net(["a", "b", "c", "d", "e"], cfg, members=["a", "b", "c"])

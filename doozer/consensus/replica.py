@@ -951,8 +951,13 @@ class Replica:
                 ld.reads.append((ld.round, self.commit, req, origin))
             ld.reads_waiting = []
         msg = {"t": M.HEARTBEAT, "b": rnd.blist, "r": ld.round, "c": self.commit}
+        ack_time = ld.ack_time
         for x in self._targets(self.commit + 1):
             self._send(x, msg)
+            if x not in ack_time:
+                # A member new to the sets check-quorum counts (a join) has had
+                # no heartbeat to answer yet: the grace an election gives.
+                ack_time[x] = now
         ld.sent_commit = max(ld.sent_commit, self.commit)
         sched = self.ds.schedule
         for j, p in ld.props.items():
@@ -965,7 +970,7 @@ class Replica:
                         self._send(x, amsg)
         if now - ld.since >= self._et():
             et = self._et()
-            recent = {x for x, t in ld.ack_time.items() if now - t < et}
+            recent = {x for x, t in ack_time.items() if now - t < et}
             recent.add(self.id)
             if not has_quorums(recent, self._sets(self.commit + 1)):
                 self._step_down()
