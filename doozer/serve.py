@@ -24,6 +24,7 @@ log = logging.getLogger("doozer")
 
 DEFAULT_LISTEN = "127.0.0.1:8046"
 DEFAULT_WEB = "127.0.0.1:8000"
+DEFAULT_DATA_DIR = "./doozer-data"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-d",
         "--data-dir",
-        default="./doozer-data",
+        default=None,
         metavar="DIR",
-        help="data directory (default %(default)s)",
+        help=f"data directory (default {DEFAULT_DATA_DIR})",
     )
     p.add_argument("--mem", action="store_true", help="keep nothing on disk")
     p.add_argument(
@@ -174,6 +175,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         log.error("%s", e)
         return 2
+    if args.mem and args.data_dir is not None:
+        log.error("--mem keeps nothing on disk: it cannot be given with -d %s", args.data_dir)
+        return 2
+    if args.data_dir is None:
+        args.data_dir = DEFAULT_DATA_DIR
     if args.advertise is None and host in ("0.0.0.0", "::", ""):
         log.error("listening on %s needs --advertise ADDR", args.listen)
         return 2

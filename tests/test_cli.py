@@ -217,3 +217,12 @@ def test_parse_duration_rejects(text: str) -> None:
 
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration(text)
+
+
+def test_serve_refuses_mem_with_a_data_dir(tmp_path: Any) -> None:
+    """--mem keeps nothing on disk: a data dir given beside it is a mistake to
+    report, not a flag to drop silently."""
+    d = tmp_path / "data"
+    status, _, err = subprocess_run(["serve", "--mem", "-d", str(d), "-w", "off"], b"", {})
+    assert status == 2 and "--mem" in err and str(d) in err
+    assert not d.exists()

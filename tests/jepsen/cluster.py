@@ -39,7 +39,7 @@ class Cluster:
         self.names: dict[str, str] = {}  # node id -> n<i>, learned from SELF
         self.nudges = 0  # writes made only to move an idle log along (see _formed)
         for i in range(members + spares):
-            flags = [*common, "-d", str(root / f"n{i}" / "data")]
+            flags = list(common) if mem else [*common, "-d", str(root / f"n{i}" / "data")]
             if i == 0:
                 flags += [f"--cals={members}"]
             else:
