@@ -569,6 +569,32 @@ def test_a_leader_keeps_leading_while_a_member_joins() -> None:
     assert {ballot_of(m["b"]) for m in later if m["t"] == "p"} <= {ballot}
 
 
+def test_a_leader_keeps_leading_while_a_removed_member_comes_back() -> None:
+    """The member's last answer is old news when it is added back: the grace
+    goes to whoever enters the counted sets, not only to ids never seen."""
+    cfg = Config(election_timeout=1.0, alpha=3)
+    net = Net(["a", "b"], cfg, members=["a", "b"])
+    _member_items(net)
+    ld = net.hosts["a"]
+    net.campaign(ld)
+    net.run(1.0)
+
+    def change(members: list[str]) -> None:
+        net.propose(ld, {"members": members})
+        for k in range(2 * cfg.alpha):  # put the change in force
+            net.propose(ld, k)
+        net.run(3 * cfg.election_timeout)  # lead on well past one election timeout
+
+    change(["a"])
+    assert not net.hosts["b"].r.is_member()
+    ballot = ld.r.leader_ballot
+    since = len(net.sent)
+    change(["a", "b"])
+    assert net.hosts["b"].r.is_member()
+    assert ld.r.is_leader and ld.r.leader_ballot == ballot
+    assert not [m for _, _, m in net.sent[since:] if m["t"] == "v"]
+
+
 def test_phase1_needs_a_majority_of_every_member_set_it_covers() -> None:
     cfg = Config(election_timeout=1.0, alpha=4)
     net = Net(["a", "b", "c", "d", "e"], cfg, members=["a", "b", "c"])

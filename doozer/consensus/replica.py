@@ -122,6 +122,7 @@ class _Lead:
     __slots__ = (
         "ack_time",
         "acked",
+        "counted",
         "learners",
         "next",
         "next_hb",
@@ -144,6 +145,7 @@ class _Lead:
         self.round = 0
         self.acked: dict[str, int] = {}  # highest heartbeat round each member answered
         self.ack_time: dict[str, float] = {}
+        self.counted: frozenset[str] = frozenset()  # the members the last heartbeat went to
         self.peer_commit: dict[str, int] = {}
         self.reports: dict[str, tuple[float, list]] = {}  # suspicions members sent us
         self.suspected: dict[str, float] = {}
@@ -951,13 +953,16 @@ class Replica:
                 ld.reads.append((ld.round, self.commit, req, origin))
             ld.reads_waiting = []
         msg = {"t": M.HEARTBEAT, "b": rnd.blist, "r": ld.round, "c": self.commit}
-        ack_time = ld.ack_time
-        for x in self._targets(self.commit + 1):
+        ack_time, counted = ld.ack_time, ld.counted
+        targets = self._targets(self.commit + 1)
+        for x in targets:
             self._send(x, msg)
-            if x not in ack_time:
-                # A member new to the sets check-quorum counts (a join) has had
-                # no heartbeat to answer yet: the grace an election gives.
+            if x not in counted:
+                # A member new to the sets check-quorum counts (a join, or a
+                # member added back) has had no heartbeat to answer yet: the
+                # grace an election gives.
                 ack_time[x] = now
+        ld.counted = frozenset(targets)
         ld.sent_commit = max(ld.sent_commit, self.commit)
         sched = self.ds.schedule
         for j, p in ld.props.items():
