@@ -18,9 +18,11 @@ from doozer.consensus import replica as replica_mod
 try:
     from tests.sim import Cluster, SimFailure
     from tests.sim.__main__ import summary
+    from tests.sim.cluster import SimConfig
 except ImportError:  # tests/ itself on sys.path (pytest's default import mode)
     from sim import Cluster, SimFailure  # type: ignore[no-redef]
     from sim.__main__ import summary  # type: ignore[no-redef]
+    from sim.cluster import SimConfig  # type: ignore[no-redef]
 
 SEEDS = int(os.environ.get("DOOZER_SIM_SEEDS", "500"))
 START = int(os.environ.get("DOOZER_SIM_START", "0"))
@@ -59,6 +61,37 @@ def test_a_seed_replays_exactly() -> None:
     assert [(o.kind, o.call, o.ret, o.output) for o in a.history] == [
         (o.kind, o.call, o.ret, o.output) for o in b.history
     ]
+
+
+def test_without_faults_a_cluster_elects_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liveness, not safety: with no crash, pause or partition (but the
+    simulation's slow fsyncs, delays and clock drift), forming the cluster,
+    joins and slot claims included, and serving clients cost no election
+    after the first. Each extra one is a window without writes."""
+    elections: list[str] = []
+    start = replica_mod.Replica._start_phase1
+
+    def counted(self: replica_mod.Replica) -> None:
+        elections.append(self.id)
+        start(self)
+
+    monkeypatch.setattr(replica_mod.Replica, "_start_phase1", counted)
+    extra = []
+    for seed in range(24):
+        nodes = 2 + seed % 5
+        cfg = SimConfig(
+            nodes=nodes,
+            slots=min(nodes, (2, 3, 5)[seed % 3]),
+            faults=False,
+            membership=False,
+            chaos=6.0,
+            clients=3,
+        )
+        elections.clear()
+        Cluster(seed, cfg).run()
+        if len(elections) != 1:
+            extra.append((seed, nodes, cfg.slots, elections[:]))
+    assert not extra
 
 
 def _first_failure(seeds: int) -> SimFailure | None:

@@ -58,8 +58,23 @@ _NEVER = -math.inf
 # proposal or heartbeat, decisions a quorum already made durable, requests): the
 # host may send them before the Ready's records reach the disk. Promises, votes
 # and anything else that speaks for our acceptor wait for the fsync.
+# A heartbeat's answer says only "alive, still under your ballot" (a promise to
+# a higher ballot, durable or not, already refuses the heartbeat): it must not
+# wait behind a slow fsync, or the leader takes a slow disk for a lost member
+# and steps down, which cures nothing (the member is needed either way).
 _EARLY = frozenset(
-    {M.ACCEPT, M.COMMIT, M.HEARTBEAT, M.FORWARD, M.READ, M.READ_OK, M.READ_FAIL, M.FETCH, M.PING}
+    {
+        M.ACCEPT,
+        M.COMMIT,
+        M.HEARTBEAT,
+        M.HEARTBEAT_OK,
+        M.FORWARD,
+        M.READ,
+        M.READ_OK,
+        M.READ_FAIL,
+        M.FETCH,
+        M.PING,
+    }
 )
 
 
