@@ -61,13 +61,17 @@ _NEVER = -math.inf
 # A heartbeat's answer says only "alive, still under your ballot" (a promise to
 # a higher ballot, durable or not, already refuses the heartbeat): it must not
 # wait behind a slow fsync, or the leader takes a slow disk for a lost member
-# and steps down, which cures nothing (the member is needed either way).
+# and steps down, which cures nothing (the member is needed either way). A
+# pre-vote and its answer bind nobody. A prepare does wait: its ballot is unique
+# only once our own promise of it is on disk.
 _EARLY = frozenset(
     {
         M.ACCEPT,
         M.COMMIT,
         M.HEARTBEAT,
         M.HEARTBEAT_OK,
+        M.PREVOTE,
+        M.PREVOTE_OK,
         M.FORWARD,
         M.READ,
         M.READ_OK,
