@@ -825,9 +825,9 @@ class Replica:
         self.leader = self.id
         self.leader_ballot = rnd.ballot
         self._leader_changed()
-        ld = self.ld = _Lead(self.now, max(self.commit, rnd.max_d) + 1, self.commit)
-        for x in self.heard:
-            ld.ack_time[x] = self.now  # grace before check-quorum counts them
+        # Every member gets its check-quorum grace from the first heartbeat
+        # (sent below), as a member joining later does from its first.
+        self.ld = _Lead(self.now, max(self.commit, rnd.max_d) + 1, self.commit)
         if self.orphans or self.fwd_buf:
             self._enqueue(self.orphans)
             self._enqueue(self.fwd_buf)
@@ -977,9 +977,9 @@ class Replica:
         for x in targets:
             self._send(x, msg)
             if x not in counted:
-                # A member new to the sets check-quorum counts (a join, or a
-                # member added back) has had no heartbeat to answer yet: the
-                # grace an election gives.
+                # A member new to the sets check-quorum counts (all of them
+                # at an election; later a join, or a member added back) has
+                # had no heartbeat of ours to answer yet: grace until it can.
                 ack_time[x] = now
         ld.counted = frozenset(targets)
         ld.sent_commit = max(ld.sent_commit, self.commit)
