@@ -255,6 +255,45 @@ def test_batches_are_bounded_and_pipelined() -> None:
     assert big == [["y" * 500]]  # an item over max_batch_bytes still goes, alone
 
 
+def test_while_an_instance_is_in_flight_new_writes_wait_and_go_as_one() -> None:
+    # Nagle's rule for instances: fewer, fuller instances under load.
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.1)
+
+    def instances() -> dict[int, list]:
+        return {m["i"]: m["v"] for s, _, m in net.sent if s == ld.id and m["t"] == "a"}
+
+    seen = set(instances())
+    ld.r.propose(["w1"])
+    net.drain(ld)
+    (first,) = set(instances()) - seen  # a lone write goes at once
+    ld.r.propose(["w2"])
+    net.drain(ld)
+    ld.r.propose(["w3"])
+    net.drain(ld)
+    assert set(instances()) - seen == {first}  # held while w1 is in flight
+    net.deliver()  # w1's votes come back: it is decided, and the rest goes
+    new = {i: v for i, v in instances().items() if i not in seen}
+    assert new == {first: ["w1"], first + 1: ["w2", "w3"]}
+    net.run(0.5)
+    for h in net.hosts.values():
+        assert net.items(h)[-3:] == ["w1", "w2", "w3"]
+
+
+def test_a_full_batch_does_not_wait_for_the_instance_in_flight() -> None:
+    net = Net(["a", "b", "c"], Config(election_timeout=1.0, alpha=4, max_batch_items=2))
+    ld = net.elect()
+    net.run(0.1)
+    seen = {m["i"] for s, _, m in net.sent if s == ld.id and m["t"] == "a"}
+    for w in ("w1", "w2", "w3"):
+        ld.r.propose([w])
+        net.drain(ld)
+    out = {m["i"]: m["v"] for s, _, m in net.sent if s == ld.id and m["t"] == "a"}
+    new = sorted((i, v) for i, v in out.items() if i not in seen)
+    assert [v for _, v in new] == [["w1"], ["w2", "w3"]]  # no vote has come back yet
+
+
 def test_a_one_mebibyte_value_commits() -> None:
     net = Net(["a", "b", "c"])
     ld = net.elect()
