@@ -616,7 +616,8 @@ class ClusterSequencer:
         if dd is None or node is None or (self._snapshotting and not force):
             return
         inst = self.applied_instance
-        snap = {"instance": inst, "node": node.snapshot(), "durable": self.replica.ds.to_json()}
+        durable = self.replica.ds.to_json(covered=inst)
+        snap = {"instance": inst, "node": node.snapshot(), "durable": durable}
         self._snap_rev = node.store.rev
         if self.disk is None:
             dd.save_snapshot(snap)

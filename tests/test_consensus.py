@@ -307,6 +307,23 @@ def test_a_one_mebibyte_value_commits() -> None:
 # ---------------------------------------------------------------------- Paxos safety
 
 
+def test_durable_state_as_compacted_for_a_snapshot() -> None:
+    ds = DurableState()
+    for i in range(1, 6):
+        ds.apply(["a", i, [1, "x"], [f"v{i}"]])
+        ds.apply(["d", i])
+    ds.apply(["a", 6, [1, "x"], ["v6"]])
+    j = ds.to_json(covered=3)
+    assert j["base"] == 3
+    assert [e[0] for e in j["decided"]] == [4, 5] and [e[0] for e in j["accepted"]] == [6]
+    back = DurableState.from_json(orjson.loads(orjson.dumps(j)))
+    back.apply(["d", 2])  # a record replayed from before the snapshot: already held
+    back.apply(["a", 1, [1, "x"], ["old"]])
+    assert sorted(back.decided) == [4, 5] and sorted(back.accepted) == [6]
+    assert back.promised == ds.promised
+    assert ds.to_json()["base"] == 0 and len(ds.to_json()["decided"]) == 5
+
+
 def test_acceptor_rebuilt_from_disk_keeps_its_promise() -> None:
     net = Net(["a", "b", "c"])
     ld = net.elect()

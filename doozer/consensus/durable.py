@@ -81,12 +81,20 @@ class DurableState:
             list(self.schedule),
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, covered: int = 0) -> dict[str, Any]:
+        """The JSON form; with `covered`, as if compacted through it. A snapshot
+        at instance `covered` holds those instances' effects itself, and the
+        replica forgets their values once it is durable, so carrying them
+        along only made it bigger (at 20,000 revs between snapshots, ~90 % of
+        a small tree's snapshot)."""
+        base = max(self.base, covered)
         return {
             "promised": wire(self.promised),
-            "accepted": [[i, wire(b), v] for i, (b, v) in sorted(self.accepted.items())],
-            "decided": [[i, v] for i, v in sorted(self.decided.items())],
-            "base": self.base,
+            "accepted": [
+                [i, wire(b), v] for i, (b, v) in sorted(self.accepted.items()) if i > base
+            ],
+            "decided": [[i, v] for i, v in sorted(self.decided.items()) if i > base],
+            "base": base,
             "schedule": schedule_to_wire(self.schedule),
         }
 
