@@ -516,6 +516,24 @@ def test_compacted_peer_answers_snapshot_needed_and_install_resumes_the_log() ->
     assert lagger.log == ld.log
 
 
+def test_catch_up_answers_do_not_wait_for_the_fsync() -> None:
+    # Decided values are durable on a quorum already: a lagging member's
+    # fetch is answered in `early`, not behind this Ready's records.
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    for k in range(3):
+        net.propose(ld, f"w{k}")
+    net.run(0.3)
+    h = next(x for x in net.hosts.values() if x is not ld)
+    h.r.receive(net.t, "c", {"t": "q", "s": 1})
+    h.r.receive(net.t, ld.id, {"t": "a", "b": ld.r.rnd.blist, "i": 99, "v": ["x"], "c": 0})
+    rd = h.r.ready()
+    assert any(rec[0] == "a" for rec in rd.persist)  # a record waits for the disk
+    (ents,) = [m for _, m in rd.early if m["t"] == "e"]
+    assert "w0" in orjson.dumps(ents).decode() and not any(m["t"] == "e" for _, m in rd.messages)
+    h.r.advance()
+
+
 def test_fetch_replies_and_promises_are_bounded_in_bytes() -> None:
     cfg = Config(election_timeout=1.0, alpha=64, fetch_max_bytes=3000)
     net = Net(["a", "b", "c"], cfg)

@@ -62,8 +62,11 @@ _NEVER = -math.inf
 # a higher ballot, durable or not, already refuses the heartbeat): it must not
 # wait behind a slow fsync, or the leader takes a slow disk for a lost member
 # and steps down, which cures nothing (the member is needed either way). A
-# pre-vote and its answer bind nobody. A prepare does wait: its ballot is unique
-# only once our own promise of it is on disk.
+# pre-vote and its answer bind nobody. Entries hold decided values, durable on
+# a quorum whatever our disk holds, and a snapshot notice names a base whose
+# snapshot is on disk already: a member catching up need not wait for our
+# fsyncs. A prepare does wait: its ballot is unique only once our own promise
+# of it is on disk.
 _EARLY = frozenset(
     {
         M.ACCEPT,
@@ -77,6 +80,8 @@ _EARLY = frozenset(
         M.READ_OK,
         M.READ_FAIL,
         M.FETCH,
+        M.ENTRIES,
+        M.SNAPSHOT,
         M.PING,
     }
 )
