@@ -48,6 +48,7 @@ SNAP_REVS = 20_000  # snapshot the store every this many revs ...
 SNAP_BYTES = 64 << 20  # ... or this many bytes of log
 KEEP_DECIDED = 20_000  # decided instances kept for peers that catch up from the log
 KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets a snapshot
+GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
@@ -208,6 +209,14 @@ class ClusterSequencer:
         self._snapshotting = False
         self._filling = False
         self._snap_rev = 0
+        # Members would all snapshot at the same revs, and so all pause
+        # together (building it, then freeing what it covers): each draws its
+        # own gap, within a quarter of snap_revs either way.
+        self._snap_rng = random.Random(node_id)
+        self._snap_gap = self._draw_snap_gap()
+        # Decided values a snapshot made obsolete, freed a slice per tick:
+        # freeing ~1,000 batches at once held the loop for 5-13 ms.
+        self._graveyard: list[Any] = []
         self.cluster_name = cluster_name
         self.cluster_id = cluster_id
         self.secret = secret
@@ -402,6 +411,8 @@ class ClusterSequencer:
             self._flush_lazy()
         self._retry(now)
         self._expire_reads(now)
+        if self._graveyard:
+            self._free_some()
         self._ticker = self._loop.call_later(TICK, self._tick)
 
     def _kick(self) -> None:
@@ -616,6 +627,7 @@ class ClusterSequencer:
         if dd is None or node is None or (self._snapshotting and not force):
             return
         inst = self.applied_instance
+        self._snap_gap = self._draw_snap_gap()
         durable = self.replica.ds.to_json(covered=inst)
         snap = {"instance": inst, "node": node.snapshot(), "durable": durable}
         self._snap_rev = node.store.rev
@@ -631,10 +643,19 @@ class ClusterSequencer:
             if err is not None:
                 log.error("snapshot failed: %s", err)
                 return
+            decided = self.replica.ds.decided
+            self._graveyard.extend([v for i, v in decided.items() if i <= inst])
             self.replica.compact(inst)
             self._kick()
 
         self.disk.snapshot(snap, done)
+
+    def _free_some(self) -> None:
+        grave = self._graveyard
+        del grave[-max(GRAVE_SLICE, len(grave) // 8) :]
+
+    def _draw_snap_gap(self) -> int:
+        return max(1, round(self.snap_revs * self._snap_rng.uniform(0.75, 1.25)))
 
     def _maybe_snapshot(self) -> None:
         dd, node = self.datadir, self.node
@@ -645,7 +666,7 @@ class ClusterSequencer:
         # wait until the log since the last one is half its size, so writing
         # snapshots never costs more than twice the log itself.
         if (
-            node.store.rev - self._snap_rev >= self.snap_revs or logged >= self.snap_bytes
+            node.store.rev - self._snap_rev >= self._snap_gap or logged >= self.snap_bytes
         ) and logged >= dd.snapshot_bytes // 2:
             self.save_snapshot()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from doozer.cluster import INLINE_SYNC_MAX, DiskThread
+from doozer.cluster import INLINE_SYNC_MAX, ClusterSequencer, DiskThread
+from doozer.consensus import Config
 from doozer.storage import DataDir
 from tests.faultyfs import FaultyOS
 
@@ -119,3 +120,37 @@ def test_a_slow_disk_goes_to_the_thread_and_the_loop_keeps_running(
     got = reread(tmp_path / "d")
     assert got[-1] == rec(300)
     assert [rec(100), rec(101), rec(102)] == [r for r in got if 100 <= r[1] < 200]
+
+
+def _sequencer(node_id: str, snap_revs: int) -> ClusterSequencer:
+    return ClusterSequencer(
+        node_id=node_id,
+        cluster_name="c",
+        cluster_id="x",
+        secret=None,
+        config=Config(),
+        snap_revs=snap_revs,
+    )
+
+
+def test_members_draw_their_own_snapshot_gaps() -> None:
+    # Members snapshotting at the same revs would all pause together.
+    a, b = _sequencer("a" * 16, 1000), _sequencer("b" * 16, 1000)
+    ga = [a._draw_snap_gap() for _ in range(50)]
+    gb = [b._draw_snap_gap() for _ in range(50)]
+    assert ga != gb and len(set(ga)) > 10
+    assert all(750 <= g <= 1250 for g in ga + gb)
+    assert _sequencer("c" * 16, 1)._draw_snap_gap() == 1
+
+
+def test_values_a_snapshot_made_obsolete_are_freed_a_slice_at_a_time() -> None:
+    s = _sequencer("a" * 16, 1000)
+    s._graveyard.extend([[k] for k in range(10_000)])
+    sizes = []
+    for _ in range(100):
+        if not s._graveyard:
+            break
+        s._free_some()
+        sizes.append(len(s._graveyard))
+    assert sizes[0] == 10_000 - 10_000 // 8  # an eighth, or GRAVE_SLICE, per tick
+    assert 20 < len(sizes) < 60 and sizes[-1] == 0
