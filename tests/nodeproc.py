@@ -3,7 +3,9 @@ deadline, and cleanup of the whole process group."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +40,21 @@ def wait_port(
     raise TimeoutError(f"{host}:{port} did not accept within {deadline_s}s")
 
 
+_LOG_ROOT: Path | None = None
+
+
+def log_root() -> Path:
+    """One dir per test process holding every node's log and working dir,
+    removed when the process exits (DOOZER_KEEP_LOGS=1 keeps it): a dir per
+    node, never removed, had left thousands behind in /tmp."""
+    global _LOG_ROOT
+    if _LOG_ROOT is None:
+        _LOG_ROOT = Path(tempfile.mkdtemp(prefix="doozer-test-"))
+        if not os.environ.get("DOOZER_KEEP_LOGS"):
+            atexit.register(shutil.rmtree, _LOG_ROOT, True)
+    return _LOG_ROOT
+
+
 class NodeProc:
     """One node process. `args` are extra serve flags."""
 
@@ -53,7 +70,7 @@ class NodeProc:
         self.host = host
         self.port = port or free_port(host)
         self.addr = f"{host}:{self.port}"
-        self.logdir = Path(tempfile.mkdtemp(prefix="doozer-test-"))
+        self.logdir = Path(tempfile.mkdtemp(prefix="node-", dir=log_root()))
         self.logfile = self.logdir / "node.log"
         base = cmd or [sys.executable, "-m", "doozer"]
         flags = ["serve", "-l", self.addr, "-w", "off"]
