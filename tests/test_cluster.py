@@ -275,20 +275,20 @@ def test_a_node_joining_through_a_silent_peer_stops_on_sigterm_and_sigint():
     """Joining retries for ever while its peer does not answer; a signal must
     still stop it at once (a user pressing ^C on a mistyped -a)."""
     import signal
-    import time
 
-    from tests.nodeproc import NodeProc, free_port
+    from tests.nodeproc import NodeProc, free_port, wait_for
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         n = NodeProc("-a", f"127.0.0.1:{free_port()}")
         n.start(wait=False)
         try:
             assert n.proc is not None
-            end = time.monotonic() + 20
-            while "cannot join" not in n.log() and time.monotonic() < end:
-                assert n.proc.poll() is None, n.log()
-                time.sleep(0.05)
-            assert "cannot join" in n.log()
+
+            def retrying(n: NodeProc = n) -> bool:
+                assert n.proc is not None and n.proc.poll() is None, n.log()
+                return "cannot join" in n.log()
+
+            wait_for(retrying, 20, "the joiner retrying its silent peer")
             n.proc.send_signal(sig)
             assert n.proc.wait(10) == 0, n.log()
             assert "stopped by a signal while starting" in n.log()
