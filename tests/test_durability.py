@@ -4,7 +4,6 @@ find every write it acknowledged, at the same rev."""
 from __future__ import annotations
 
 import random
-import struct
 import threading
 from pathlib import Path
 
@@ -143,15 +142,12 @@ def newest_snapshot(datadir: Path) -> dict:
 
 
 def log_end(data: bytes) -> int:
-    """Where a segment's records end: its header, then `[u32 len][u32 crc][json]`
-    frames, then (segments are preallocated) zeros."""
-    off = 16
-    while off + 8 <= len(data):
-        (length,) = struct.unpack_from("<I", data, off)
-        if length == 0:
-            break
-        off += 8 + length
-    return off
+    """Where a segment's records end: its header, then `[u32 len][u32 salt][u32
+    crc][json]` frames, up to the first frame without the segment's salt."""
+    from tests.test_storage import frames
+
+    got = frames(data)
+    return got[-1][1] if got else 16
 
 
 def test_torn_tail_is_cut_and_corruption_refuses_to_start(tmp_path):

@@ -14,6 +14,7 @@ import time
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from doozer.storage import CorruptionError, DataDir, StorageError
@@ -59,14 +60,30 @@ def snapshots(path: Path) -> list[Path]:
     return sorted(path.glob("snap-*.snap"))
 
 
+REC_HDR = 12
+
+
+def salt_and_seed(data: bytes) -> tuple[int, int]:
+    """A version-2 segment's salt and crc start value, as the format documents them."""
+    magic, first = struct.unpack_from("<8sQ", data)
+    assert magic == b"DZWAL\0\0\2"
+    m = ((first * 0x9E3779B97F4A7C15) % (1 << 64)) >> 36
+    salt = sum((0x80 | (m >> (7 * i)) & 0x7F) << (8 * i) for i in range(4))
+    return salt, first % (1 << 32)
+
+
 def frames(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of every record in a segment, parsed from the documented format."""
+    """(start, end) of every record in a segment, parsed from the documented
+    format; the records end at the first frame without the segment's salt."""
+    salt, seed = salt_and_seed(data)
     out = []
     off = SEG_HDR
-    while off < len(data):
-        length, crc = struct.unpack_from("<II", data, off)
-        end = off + 8 + length
-        assert zlib.crc32(data[off + 8 : end]) == crc
+    while off + REC_HDR <= len(data):
+        length, fsalt, crc = struct.unpack_from("<III", data, off)
+        if fsalt != salt:
+            break
+        end = off + REC_HDR + length
+        assert zlib.crc32(data[off + REC_HDR : end], seed) == crc
         out.append((off, end))
         off = end
     return out
@@ -186,13 +203,7 @@ def test_torn_tail_cut_at_every_offset_of_the_last_record(tmp_path: Path) -> Non
 
 def written(data: bytes) -> int:
     """Where the records of a preallocated segment end (zeros follow)."""
-    off = SEG_HDR
-    while off + 8 <= len(data):
-        length, _ = struct.unpack_from("<II", data, off)
-        if length == 0:
-            break
-        off += 8 + length
-    return off
+    return frames(data)[-1][1] if frames(data) else SEG_HDR
 
 
 PRE = {"preallocate": True, "segment_bytes": 64 << 10}
@@ -238,13 +249,127 @@ def test_torn_tail_in_a_preallocated_segment_is_cut_off(tmp_path: Path) -> None:
         seg.write_bytes(pristine[:cut] + bytes(len(pristine) - cut))
         d, _, got = reopen(path, **PRE)
         assert got == recs(4), cut
-        assert len(d.notes) == 1 and f"byte offset {start}" in d.notes[0], (cut, d.notes)
+        if cut < start + 8:
+            # not even the frame's salt made it: as if nothing had been written
+            assert d.notes == [], (cut, d.notes)
+        else:
+            assert len(d.notes) == 1 and f"byte offset {start}" in d.notes[0], (cut, d.notes)
+        # the segment keeps its size (its written blocks); a torn frame is zeroed
+        assert seg.stat().st_size == len(pristine)
+        assert d.notes == [] or not seg.read_bytes()[start : start + 12].strip(b"\0")
         d.append(recs(1, 99))  # and the log goes on from the cut
         d.sync()
         d.close()
         d, _, got = reopen(path, **PRE)
         d.close()
         assert got == [*recs(4), *recs(1, 99)] and d.notes == []
+
+
+SPARE = "next-segment.tmp"
+
+
+def fill_until_roll(d: DataDir, path: Path, n: int, k: int = 20) -> int:
+    """Append records n, n+1, ... until a new segment starts; the next n."""
+    before = len(segments(path))
+    for _ in range(1000):
+        d.append(recs(k, n))
+        n += k
+        d.sync()
+        if d._spare is not None:  # a spare being filled: done before the roll
+            assert d._spare.done.wait(10)
+        if len(segments(path)) > before:
+            return n
+    raise AssertionError("no roll")
+
+
+def test_a_segment_a_snapshot_covers_is_recycled_and_its_records_never_return(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    n = fill_until_roll(d, path, 0)
+    old = segments(path)[0]
+    ino, size = old.stat().st_ino, old.stat().st_size
+    assert size >= 64 << 10
+    d.save_snapshot({"instance": 1})  # covers the first segment: the next one's file
+    assert not old.exists() and (path / SPARE).stat().st_ino == ino
+    snap_at = n
+    n = fill_until_roll(d, path, n)
+    new = segments(path)[-1]
+    assert new.stat().st_ino == ino and new.stat().st_size == size  # no new blocks
+    d.append(recs(2, n))  # a few records, over the file's old ones
+    d.sync()
+    d.close()
+    data = new.read_bytes()
+    assert len(frames(data)) == 2 and data[frames(data)[-1][1] :].strip(b"\0")  # old frames
+    d, snap, got = reopen(path, **PRE)
+    d.close()
+    assert snap == {"instance": 1} and got == recs(n + 2 - snap_at, snap_at)
+    assert d.notes == []
+
+
+def test_old_frames_whose_salt_matches_by_chance_still_fail_their_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from doozer import storage
+
+    monkeypatch.setattr(storage, "_salt", lambda first: 0x80808080)  # every segment alike
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    n = fill_until_roll(d, path, 0)
+    d.save_snapshot({"instance": 1})
+    snap_at = n
+    n = fill_until_roll(d, path, n)
+    d.append(recs(2, n))
+    d.sync()
+    d.close()
+    d, _, got = reopen(path, **PRE)
+    d.close()
+    assert got == recs(n + 2 - snap_at, snap_at) and d.notes == []
+
+
+def test_a_spare_segment_is_filled_ahead_of_the_roll(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    # started when the dir was loaded, on a helper thread
+    assert d._spare is not None and d._spare.done.wait(10) and d._spare.ok
+    assert (path / SPARE).stat().st_size == 64 << 10
+    assert not (path / SPARE).read_bytes().strip(b"\0")
+    ino = (path / SPARE).stat().st_ino
+    n = fill_until_roll(d, path, 0)
+    assert segments(path)[-1].stat().st_ino == ino
+    d.close()
+    d, _, got = reopen(path, **PRE)
+    d.close()
+    assert got == recs(n) and d.notes == []
+
+
+def test_a_version_1_dir_is_read_and_goes_on_in_version_2(tmp_path: Path) -> None:
+    """Segments of format 1 (frames `[u32 length][u32 crc32]`, no salt) load,
+    the active one takes more such frames, and the next segment is version 2."""
+    path = tmp_path / "d"
+    fresh(path).close()
+    (seg,) = segments(path)
+    v1 = bytearray(struct.pack("<8sQ", b"DZWAL\0\0\1", 0))
+    for r in recs(3):
+        payload = orjson.dumps(r)
+        v1 += struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    seg.write_bytes(bytes(v1))
+    (path / "FORMAT").write_bytes(b"doozer-data 1\n")
+    d, _, got = reopen(path, segment_bytes=2048)
+    assert got == recs(3)
+    d.append(recs(2, 3))
+    d.sync()
+    d.close()
+    d, _, got = reopen(path, segment_bytes=2048)
+    assert got == recs(5)
+    assert seg.read_bytes()[: len(v1)] == bytes(v1)  # appended to in its own format
+    n = fill_until_roll(d, path, 5, k=5)
+    d.close()
+    assert segments(path)[-1].read_bytes()[:8] == b"DZWAL\0\0\2"
+    d, _, got = reopen(path, segment_bytes=2048)
+    d.close()
+    assert got == recs(n) and d.notes == []
 
 
 def test_zeros_inside_a_preallocated_segment_with_records_after_are_corruption(
@@ -494,7 +619,10 @@ def test_segments_roll_and_a_snapshot_removes_what_it_covers(tmp_path: Path) -> 
     d.append(recs(1, 100))  # pending records are covered by the snapshot too
     assert d.snapshot_bytes == 0
     d.save_snapshot({"instance": 50, "x": 1})
-    assert [s.name for s in segments(path)] == [f"log-{101:020d}.wal"]
+    # only the active segment is left, and the snapshot does not roll it: the
+    # records it covers there are skipped at load
+    (active,) = segments(path)
+    assert 0 < int(active.name[4:-4]) <= 100 and active.name == segs[-1].name
     assert [s.name for s in snapshots(path)] == [f"snap-{50:020d}-{101:020d}.snap"]
     # the host spaces snapshots by their size: it knows the current one's
     assert d.snapshot_bytes == snapshots(path)[0].stat().st_size
@@ -634,10 +762,15 @@ def test_kill_9_loses_no_synced_record(tmp_path: Path) -> None:
 def test_format_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "d"
     fresh(path).close()
-    assert (path / "FORMAT").read_bytes() == b"doozer-data 1\n"
-    (path / "FORMAT").write_bytes(b"doozer-data 2\n")
-    with pytest.raises(StorageError, match="format version 2"):
+    assert (path / "FORMAT").read_bytes() == b"doozer-data 2\n"
+    (path / "FORMAT").write_bytes(b"doozer-data 3\n")
+    with pytest.raises(StorageError, match="format version 3"):
         DataDir.open(str(path), create=True)
+    # version 1 (segments without salts) is read, and the dir marked version 2
+    # before a version-2 segment can be written into it
+    (path / "FORMAT").write_bytes(b"doozer-data 1\n")
+    DataDir.open(str(path), create=False).close()
+    assert (path / "FORMAT").read_bytes() == b"doozer-data 2\n"
     (path / "FORMAT").write_bytes(b"something else")
     with pytest.raises(StorageError, match="FORMAT"):
         DataDir.open(str(path), create=True)
