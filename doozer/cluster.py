@@ -961,7 +961,7 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
     resumed = False
     if not args.mem:
         try:
-            dd = DataDir.open(args.data_dir, create=True)
+            dd = DataDir.open(args.data_dir, create=True, segment_bytes=args.segment_bytes)
             saved, records = dd.load()
         except StorageError as e:
             log.error("%s", e)

@@ -129,12 +129,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="... or every BYTES of log (default 64 MiB)",
     )
     p.add_argument(
+        "--segment-bytes",
+        type=_segment_bytes,
+        default=64 << 20,
+        metavar="BYTES",
+        help="size of a log segment (default 64 MiB; at least 64 KiB): the next starts"
+        " once one is full, and a snapshot frees whole segments",
+    )
+    p.add_argument(
         "--single",
         action="store_true",
         help="run without consensus (one member, never joinable); for measuring the core",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     p.set_defaults(func=run)
+
+
+def _segment_bytes(text: str) -> int:
+    n = int(text)
+    if n < 64 << 10:
+        raise argparse.ArgumentTypeError("must be at least 65536")
+    return n
 
 
 def split_addr(addr: str) -> tuple[str, int]:

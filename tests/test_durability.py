@@ -90,8 +90,10 @@ def test_three_nodes_all_killed_together_lose_nothing(tmp_path):
 
     def start(i: int, first_time: bool) -> NodeProc:
         extra = ["-a", addr0] if (first_time and i) else []
-        # Frequent snapshots: restarts recover from snapshot + log, not the log alone.
-        return durable_node(tmp_path / f"n{i}", ports[i], "--snap-revs", "50", *extra).start()
+        # Frequent snapshots and small segments: restarts recover from snapshot +
+        # log, not the log alone, and segments roll and are recycled meanwhile.
+        flags = ["--snap-revs", "50", "--segment-bytes", str(64 << 10)]
+        return durable_node(tmp_path / f"n{i}", ports[i], *flags, *extra).start()
 
     nodes = [start(0, True)]
     nodes += [start(1, True), start(2, True)]
@@ -109,7 +111,8 @@ def test_three_nodes_all_killed_together_lose_nothing(tmp_path):
         )
         for rnd in range(3):
             with Writer([n.addr for n in nodes], f"r{rnd}") as w:
-                wait_for(lambda w=w: len(w.acked) > 20, 30, "writes acknowledged")
+                # enough for each round's log to fill a segment or more
+                wait_for(lambda w=w: len(w.acked) > 500, 60, "writes acknowledged")
                 for n in nodes:
                     n.kill()
             acked.update(w.acked)
@@ -121,6 +124,9 @@ def test_three_nodes_all_killed_together_lose_nothing(tmp_path):
             )
             for n in nodes:
                 check_acked(n.addr, acked)
+        # the logs rolled over (into spare files, then recycled ones)
+        for i in range(3):
+            assert int(sorted((tmp_path / f"n{i}").glob("log-*.wal"))[-1].name[4:-4]) > 0
         # nobody was evicted: the same three hold the slots
         slots = call(addr0, {"verb": "WALK", "path": "/ctl/cal/*"})["files"]
         assert len({f["value"] for f in slots if f["value"]}) == 3
