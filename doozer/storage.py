@@ -138,11 +138,11 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 
 
 # A spare is filled in chunks of this size, each synced, this many seconds
-# apart (~30 MB/s: 64 MiB in ~2 s): when a data dir is loaded, or else half
+# apart (~17 MB/s: 64 MiB in ~4 s): when a data dir is loaded, or else half
 # way into a segment.
 # Unpaced, three members filling spares at once slowed fsyncs of the log to
 # 20-50 ms; paced, to 5-10 ms now and then while the filling lasts.
-_SPARE_CHUNK = 512 << 10
+_SPARE_CHUNK = 256 << 10
 _SPARE_PACE = 0.015
 
 
