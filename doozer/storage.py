@@ -52,9 +52,9 @@ Recovery (`load`):
   every record intact. A bad record in the last segment with no valid record
   anywhere after it is a torn tail (a write cut short by a crash): it is cut
   off (the file truncated there, or in a filled segment the frame's header
-  zeroed), and a note is logged and kept in `DataDir.notes` (a frame torn
-  before its salt reached the disk is indistinguishable from the log's end,
-  and ends it without a note). A bad record followed by a valid one, a bad
+  zeroed), and a note is logged and kept in `DataDir.notes` (in version 2, a
+  frame torn before its 12-byte header reached the disk is indistinguishable
+  from the log's end, and ends it without a note). A bad record followed by a valid one, a bad
   record in an older segment, a missing segment: CorruptionError naming the
   file and the byte offset.
 - An I/O error (disk full, EIO) during `sync` truncates the segment back to its
@@ -624,8 +624,11 @@ class DataDir:
                 kept += end - off
             count += 1
             off = end
-        if not bad and 0 < n - off < size and data.count(0, off) != n - off:
+        if not v2 and not bad and 0 < n - off < size and data.count(0, off) != n - off:
             bad = "record header cut short"  # at the end of the file: ours, torn
+        # (In version 2, a few bytes at the end that hold no frame may be what a
+        # recycled file held before; like any frame without the salt, they end
+        # the log, torn or not.)
         # Wherever the records stop, none of this segment may follow: else a
         # damaged frame (its salt, say) would silently cut the log short.
         if v2:
