@@ -146,13 +146,7 @@ _SPARE_CHUNK = 256 << 10
 _SPARE_PACE = 0.015
 
 
-def _preallocate(
-    fd: int,
-    size: int,
-    pace: float = 0.0,
-    chunk: int = _ZERO_CHUNK,
-    stop: threading.Event | None = None,
-) -> None:
+def _preallocate(fd: int, size: int, paced_until: threading.Event | None = None) -> None:
     """Fill a segment with zeros up to `size` (past what it holds), so that
     appends overwrite written space: such an append changes no file size and
     no extent, and its fdatasync commits no metadata. Measured on ext4 here
@@ -160,7 +154,9 @@ def _preallocate(
     ahead, ~0.15 ms into fallocate'd space (still "unwritten" extents, which
     every append converts in the journal), ~0.15 ms growing the file. 64 MiB
     of zeros take ~0.04 s to write and sync. Best effort: on a disk without
-    twice that space free, appends grow the file as before."""
+    twice that space free, appends grow the file as before. `paced_until`:
+    write _SPARE_CHUNK at a time, each synced, _SPARE_PACE apart, and give up
+    once the event is set."""
     try:
         start = os.fstat(fd).st_size
         st = os.fstatvfs(fd)
@@ -170,6 +166,7 @@ def _preallocate(
     # Never take a disk's last free space for this, not even for a moment.
     if at >= size or st.f_bavail * st.f_frsize < 2 * (size - at):
         return
+    chunk = _ZERO_CHUNK if paced_until is None else _SPARE_CHUNK
     zeros = memoryview(bytes(min(chunk, size - at)))
     try:
         while at < size:
@@ -177,9 +174,9 @@ def _preallocate(
             if n <= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             at += n
-            if pace:
+            if paced_until is not None:
                 os.fdatasync(fd)
-                if (stop or threading.Event()).wait(pace):
+                if paced_until.wait(_SPARE_PACE):
                     raise OSError(errno.ECANCELED, "stopped")
         # Now, not with the first append: that one's fsync would flush them all.
         os.fdatasync(fd)
@@ -315,7 +312,7 @@ class _Spare:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _preallocate(fd, self.size, _SPARE_PACE, _SPARE_CHUNK, self._stop)
+                _preallocate(fd, self.size, paced_until=self._stop)
                 self.ok = os.fstat(fd).st_size >= self.size
             finally:
                 os.close(fd)
