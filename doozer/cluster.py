@@ -27,6 +27,7 @@ import orjson
 
 from doozer.consensus import Config, DurableState, Replica
 from doozer.consensus.membership import members_at, schedule_from_wire, schedule_to_wire
+from doozer.consensus.messages import COMMIT, ENTRIES
 from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
@@ -51,6 +52,7 @@ KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets
 GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
+_NEWS = frozenset({COMMIT, ENTRIES})
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
 
 
@@ -249,6 +251,9 @@ class ClusterSequencer:
         self._kept_bytes = 0
         self._hello_addrs: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
+        # Writes out what applying queued for clients (the server's replies
+        # and watch events) now, rather than in a later loop callback.
+        self.flush_clients: Callable[[], None] | None = None
 
     # -- the Sequencer protocol ----------------------------------------------
 
@@ -439,14 +444,30 @@ class ClusterSequencer:
             # the loop goes on reading meanwhile and the next Ready's records
             # share one fsync. Decisions need no wait: each is durable on a
             # quorum already (our own vote counts only once synced).
+            #
+            # A Ready that decides and sends nothing but news of decisions
+            # (commit notices, decided values) answers its clients first: the
+            # news waits on nobody, while each write costs ~20 us here and the
+            # clients' replies waited behind them.
+            notices_only = (
+                bool(rd.decided)
+                and not rd.messages
+                and all(msg["t"] in _NEWS for _, msg in rd.early)
+            )
             if rd.early:
                 for to, msg in rd.early:
                     hub.send(to, msg)
-                hub.flush()  # out before our own fsync, which may run right here
+                if not notices_only:
+                    hub.flush()  # out before our own fsync, which may run right here
             self._persist_then(rd)
-            # Out now: before applying, and before the disk thread takes the GIL.
-            hub.flush()
+            if not notices_only:
+                # Out now: before applying, and before the disk thread takes the GIL.
+                hub.flush()
             self._apply_ready(rd)
+            if notices_only:
+                if self.flush_clients is not None:
+                    self.flush_clients()
+                hub.flush()
         if self._nodes_dirty:
             self._refresh_peers()
         self._after_apply()
@@ -1035,6 +1056,7 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         max_value=args.max_value,
         peer_accept=seq.accept_peer,
     )
+    seq.flush_clients = server.flush_now
     try:
         bound_host, bound_port = await server.start(host, port)
     except OSError as e:

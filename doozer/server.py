@@ -346,10 +346,11 @@ class Server:
         if not dirty:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
-            self._loop.call_soon(self._flush_dirty)
+            self._loop.call_soon(self.flush_now)
         dirty.append(conn)
 
-    def _flush_dirty(self) -> None:
+    def flush_now(self) -> None:
+        """Write what connections have queued; also runs as the scheduled flush."""
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn._flush()
