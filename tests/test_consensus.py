@@ -374,6 +374,7 @@ def test_stale_leader_cannot_decide_after_a_higher_promise() -> None:
     old.r.propose(["stale"])
     net.drain(old)
     net.deliver()
+    net.tick(2 * CFG.thrifty_wait)  # if its accept went to the rival alone, now to all
     refusals = [m for s, to, m in net.sent if s == third.id and to == old.id and m["t"] == "x"]
     assert refusals and not old.r.is_leader
     assert all("stale" not in net.items(h) for h in net.hosts.values())
@@ -535,7 +536,9 @@ def test_catch_up_answers_do_not_wait_for_the_fsync() -> None:
 
 
 def test_fetch_replies_and_promises_are_bounded_in_bytes() -> None:
-    cfg = Config(election_timeout=1.0, alpha=64, fetch_max_bytes=3000)
+    # Not thrifty: an accept that waited on the lagger would let the rest pile
+    # up into one big batch, and this is about paging many small ones.
+    cfg = Config(election_timeout=1.0, alpha=64, fetch_max_bytes=3000, thrifty=False)
     net = Net(["a", "b", "c"], cfg)
     ld = net.elect()
     lagger = next(h for h in net.hosts.values() if h is not ld)
@@ -609,8 +612,13 @@ def test_membership_change_takes_effect_alpha_instances_later() -> None:
     for k in range(8):
         net.propose(ld, k)
     net.run(0.5)
-    accepts = [m for s, to, m in net.sent if to == "d" and m["t"] == "a"]
-    assert accepts and min(m["i"] for m in accepts) >= at + cfg.alpha
+    # d votes (if a thrifty leader asks it) only from alpha instances on,
+    # and hears of every decision from then on either way
+    accepts = [m["i"] for s, to, m in net.sent if to == "d" and m["t"] == "a"]
+    entries = [m for s, to, m in net.sent if to == "d" and m["t"] == "e"]
+    told = [m["s"] + k for m in entries for k in range(len(m["e"]))]
+    assert not accepts or min(accepts) >= at + cfg.alpha
+    assert set(range(at + cfg.alpha, ld.r.commit + 1)) <= set(accepts) | set(told)
     assert net.hosts["d"].r.is_member()
     assert net.items(net.hosts["d"])[-1] == 7
 
@@ -709,6 +717,80 @@ def test_removed_leader_hands_over_and_stops_voting() -> None:
     net.run(1.0)
     assert net.items(ld)[-1] == "later"  # it still learns, as a follower
     assert not ld.r.is_member()
+
+
+# ---------------------------------------------------------------------- thrifty accepts
+
+
+def _accepts_to(net: Net, since: int, i: int) -> list[str]:
+    return sorted(to for _, to, m in net.sent[since:] if m["t"] == "a" and m["i"] == i)
+
+
+def test_thrifty_accept_goes_to_a_quorum_and_the_rest_get_the_value() -> None:
+    net = Net(["a", "b", "c", "d", "e"])
+    ld = net.elect()
+    net.run(0.5)
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    i = ld.r.commit
+    assert "x" in net.items(ld)
+    voters = _accepts_to(net, n0, i)
+    assert len(voters) == 2  # with the leader's own vote, 3 of 5
+    rest = {h for h in net.hosts if h != ld.id} - set(voters)
+    got = {to for _, to, m in net.sent[n0:] if m["t"] == "e" and m["s"] <= i}
+    assert got == rest
+    assert not any(m["t"] == "A" and s in rest for s, _, m in net.sent[n0:])
+    net.run(0.1)
+    assert all(net.items(h) == net.items(ld) for h in net.hosts.values())
+
+
+def test_thrifty_accept_falls_back_to_all_when_a_voter_is_silent() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    n0 = len(net.sent)
+    net.propose(ld, 1)
+    (voter,) = _accepts_to(net, n0, ld.r.commit)
+    other = next(h for h in net.hosts if h not in (ld.id, voter))
+    net.crash(voter)
+    n0 = len(net.sent)
+    net.propose(ld, 2)
+    assert 2 not in net.items(ld)  # waiting on the silent voter
+    net.tick(2 * CFG.thrifty_wait)
+    assert 2 in net.items(ld)  # the accept went to the other member too
+    assert _accepts_to(net, n0, ld.r.commit) == sorted([voter, other])
+    # every member votes for a while; then the silent one ranks last
+    n0 = len(net.sent)
+    net.propose(ld, 3)
+    assert 3 in net.items(ld) and _accepts_to(net, n0, ld.r.commit) == sorted([voter, other])
+    net.run(CFG.election_timeout + 0.1)
+    n0 = len(net.sent)
+    net.propose(ld, 4)
+    assert 4 in net.items(ld) and _accepts_to(net, n0, ld.r.commit) == [other]
+
+
+def test_thrifty_leader_with_the_slow_disk_asks_everyone() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    lead = ld.r.ld
+    assert lead is not None
+    lead.own_avg, lead.peer_avg = 0.030, 0.001  # our fsync: 30 ms, a member's vote 1 ms
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    assert len(_accepts_to(net, n0, ld.r.commit)) == 2
+    lead.own_avg = 0.001
+    n0 = len(net.sent)
+    net.propose(ld, "y")
+    assert len(_accepts_to(net, n0, ld.r.commit)) == 1
+
+
+def test_not_thrifty_accept_goes_to_every_member() -> None:
+    net = Net(["a", "b", "c"], Config(election_timeout=1.0, alpha=4, thrifty=False))
+    ld = net.elect()
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    assert len(_accepts_to(net, n0, ld.r.commit)) == 2
+    assert not any(m["t"] == "e" for _, _, m in net.sent[n0:])
 
 
 # ---------------------------------------------------------------------- liveness

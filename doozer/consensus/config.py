@@ -14,6 +14,13 @@ class Config:
     max_batch_bytes: int = 1 << 20  # a single larger item still goes alone
     fetch_max_bytes: int = 4 << 20  # per entries/promise reply (at least one entry)
     member_timeout: float = 60.0  # s; --timeout
+    # Thrifty accepts: the leader sends each accept only to as many members as
+    # its quorum needs, and the others learn the decided value afterwards. An
+    # accept not chosen within thrifty_wait (or 4x the usual time to decide,
+    # if longer) goes to every member, and for election_timeout after that
+    # all of them vote again.
+    thrifty: bool = True
+    thrifty_wait: float = 0.005  # s
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -48,6 +48,7 @@ class SimConfig:
     compact_every: int = 12
     tick: float = 0.03
     drift: float = 0.05  # clock rates differ by up to this fraction
+    thrifty: bool = True  # accepts to a quorum only (Config.thrifty)
     lincheck_budget: float = 10.0
     max_steps: int = 2_000_000  # more events than this: a message storm (livelock)
 
@@ -67,6 +68,7 @@ class SimConfig:
             member_timeout=rng.choice((1.5, 3.0, 100.0)),
             membership=rng.random() < 0.8,
             drift=rng.choice((0.0, 0.05, 0.05, 0.3)),
+            thrifty=rng.random() < 0.8,
         )
 
     def replica_config(self) -> Config:
@@ -77,6 +79,7 @@ class SimConfig:
             max_batch_bytes=4096,
             fetch_max_bytes=2048,
             member_timeout=self.member_timeout,
+            thrifty=self.thrifty,
         )
 
 
