@@ -784,6 +784,21 @@ def test_thrifty_leader_with_the_slow_disk_asks_everyone() -> None:
     assert len(_accepts_to(net, n0, ld.r.commit)) == 1
 
 
+def test_thrifty_leader_behind_on_its_own_disk_asks_everyone() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    lead = ld.r.ld
+    assert lead is not None
+    lead.own_wait[10**6] = 0.0  # a vote of ours not yet back (a snapshot holds our disk)
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    assert len(_accepts_to(net, n0, ld.r.commit)) == 2
+    del lead.own_wait[10**6]
+    n0 = len(net.sent)
+    net.propose(ld, "y")
+    assert len(_accepts_to(net, n0, ld.r.commit)) == 1
+
+
 def test_not_thrifty_accept_goes_to_every_member() -> None:
     net = Net(["a", "b", "c"], Config(election_timeout=1.0, alpha=4, thrifty=False))
     ld = net.elect()

@@ -368,9 +368,12 @@ class Replica:
         except (KeyError, TypeError, IndexError, ValueError):
             self.bad_messages += 1
 
-    def propose(self, items: list) -> None:
+    def propose(self, items: list, now: float | None = None) -> None:
         """Queue items (opaque, JSON-able) for the log. A non-leader forwards them to the
-        leader it knows, or drops them if it knows none (the host retries)."""
+        leader it knows, or drops them if it knows none (the host retries). `now`,
+        if given, times the accepts they start (else the last tick's or message's)."""
+        if now is not None:
+            self._time(now)
         if self.role == LEADER:
             self._enqueue(items)
         elif self.leader is not None and self.leader != self.id:
@@ -980,18 +983,22 @@ class Replica:
         p = _Proposal(v, self.now)
         ld.props[j] = p
         we_vote = self.id in ms and rnd.ballot >= self.ds.promised
+        caught_up = not ld.own_wait  # every earlier vote of ours is on our disk
         if we_vote:
             self._record(["a", j, rnd.blist, v])
             # Our own vote counts once it is on our disk: the host hands this
             # back after the fsync, while the accepts below go out at once, so
             # our fsync and the followers' run side by side.
             self._loopback.append({"t": M.ACCEPTED, "b": rnd.blist, "i": j})
-            if len(ld.own_wait) > 4 * self.cfg.alpha:
-                ld.own_wait.clear()  # our fsyncs are failing: time them afresh
-            ld.own_wait[j] = self.now
+            wait = ld.own_wait
+            # when it went out; nan when we were behind (it would time the
+            # backlog, not the disk)
+            wait[j] = self.now if caught_up else math.nan
+            if len(wait) > 4 * self.cfg.alpha:  # our disk has stopped: keep it bounded
+                del wait[next(iter(wait))]
         c = self.commit
         msg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": v, "c": c}
-        voters = self._voters(ms, we_vote)
+        voters = self._voters(ms, we_vote and caught_up)
         told = ld.told
         for x in voters:
             self._send(x, msg)
@@ -1009,16 +1016,20 @@ class Replica:
 
     def _voters(self, ms: frozenset[str], we_vote: bool) -> list[str]:
         """The members an accept goes to. Thrifty: only as many as a quorum
-        needs besides our own vote. Each member that gets an accept must fsync
-        it and answer, and here every member's fsyncs share one disk and two
-        cores: leaving the third member out took ~10 % off a sequential
-        write's latency. Members heard from lately go first, then those found
-        slow to vote longest ago."""
+        needs besides our own vote, if our own vote will come promptly (every
+        earlier one is on our disk: not while a snapshot or a backlog holds
+        our disk). Each member that gets an accept must fsync it and answer,
+        and here every member's fsyncs share one disk and two cores: leaving
+        the third member out took ~10 % off a sequential write's latency.
+        Members heard from lately go first, then those found slow to vote
+        longest ago."""
         others = sorted(x for x in ms if x != self.id)
         ld = self.ld
         assert ld is not None
-        need = majority(ms) - (1 if we_vote else 0)
-        if not self.cfg.thrifty or need >= len(others) or self.now < ld.full_until:
+        if not we_vote or not self.cfg.thrifty or self.now < ld.full_until:
+            return others
+        need = majority(ms) - 1
+        if need >= len(others):
             return others
         if ld.own_avg > 2 * ld.peer_avg:
             return others  # our disk is the slow one: let the members outvote it
@@ -1035,7 +1046,7 @@ class Replica:
         ld, rnd = self.ld, self.rnd
         assert ld is not None and rnd is not None
         now = self.now
-        wait = max(self.cfg.thrifty_wait, 4 * max(ld.own_avg, ld.peer_avg))
+        wait = self._thrifty_wait()
         for j, p in ld.props.items():
             if not p.skipped or now - p.born < wait:
                 continue
@@ -1048,6 +1059,11 @@ class Replica:
                 self._send(x, msg)
             p.skipped = ()
             ld.full_until = now + self._et()
+
+    def _thrifty_wait(self) -> float:
+        ld = self.ld
+        assert ld is not None
+        return max(self.cfg.thrifty_wait, 4 * max(ld.own_avg, ld.peer_avg))
 
     def _tell_commit(self) -> None:
         """Leader: tell each member our commit. A member some accepts skipped
@@ -1322,9 +1338,12 @@ class Replica:
             return
         i = m["i"]
         if x == self.id:
-            sent = ld.own_wait.pop(i, None)
-            if sent is not None:
-                ld.own_avg += (self.now - sent - ld.own_avg) * 0.1
+            sent = ld.own_wait.pop(i, math.nan)
+            if not math.isnan(sent):
+                # A sample past the fallback's wait was handled by it: capped
+                # there, so that one stall (a snapshot) does not outweigh many.
+                took = min(self.now - sent, self._thrifty_wait())
+                ld.own_avg += (took - ld.own_avg) * 0.1
         p = ld.props.get(i)
         if p is None:
             return
