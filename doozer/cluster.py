@@ -305,7 +305,7 @@ class ClusterSequencer:
 
     def propose(self, p: Proposal) -> None:
         self._undecided[p.seq] = p
-        self.replica.propose([p.to_wire()])
+        self.replica.propose([p.to_wire()], self._loop.time() if self._loop else None)
         self._kick()
 
     def read_barrier(self, done: Callable[[str | None], None], timeout: float) -> None:
@@ -426,16 +426,33 @@ class ClusterSequencer:
             self._loop.call_soon(self._process)
 
     def _process(self) -> None:
-        self._kicked = False
         if self._closed:
+            self._kicked = False
             return
         r = self.replica
         hub = self.hub
         assert self.node is not None and hub is not None
+        # What is kicked while we loop (our own vote, handed back after an
+        # inline fsync) the loop sees itself: no extra pass for it.
+        self._kicked = True
+        try:
+            more = self._drain_ready(r, hub)
+        finally:
+            self._kicked = False
+        if more:
+            self._kick()  # a thousand Readys in one go: the rest in a later pass
+        if self._nodes_dirty:
+            self._refresh_peers()
+        self._after_apply()
+        self._maybe_snapshot()
+
+    def _drain_ready(self, r: Replica, hub: PeerHub) -> bool:
+        """Persist, send and apply Readys until none is left (False) or a
+        thousand have gone (True)."""
         for _ in range(1000):
-            if not r.has_ready():
-                break
             rd = r.ready()
+            if not rd:
+                return False
             r.advance()
             # A leader's proposals and decisions leave at once, so its fsync and
             # the followers' overlap. Promises and votes (`messages`, and our own
@@ -468,10 +485,7 @@ class ClusterSequencer:
                 if self.flush_clients is not None:
                     self.flush_clients()
                 hub.flush()
-        if self._nodes_dirty:
-            self._refresh_peers()
-        self._after_apply()
-        self._maybe_snapshot()
+        return True
 
     def _persist_then(self, rd: Any) -> None:
         disk, pipe = self.disk, self._pipeline
