@@ -233,6 +233,7 @@ class ClusterSequencer:
         self.applied_instance = self.replica.applied
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self._early_tick: asyncio.TimerHandle | None = None
         self._kicked = False
         self._undecided: dict[int, Proposal] = {}
         self._last_progress = 0.0
@@ -342,6 +343,8 @@ class ClusterSequencer:
             self.disk.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._early_tick is not None:
+            self._early_tick.cancel()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
         if self.hub is not None:
@@ -445,6 +448,32 @@ class ClusterSequencer:
             self._refresh_peers()
         self._after_apply()
         self._maybe_snapshot()
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """A tick when the replica needs one before the regular tick: a thrifty
+        accept falls back to every member ~5 ms after it went out, not
+        whenever the next 10 ms tick comes."""
+        d = self.replica.deadline()
+        if d is None or self._loop is None or self._closed:
+            if self._early_tick is not None:
+                self._early_tick.cancel()
+                self._early_tick = None
+            return
+        if self._early_tick is not None:
+            if self._early_tick.when() <= d + 0.0005:
+                return
+            self._early_tick.cancel()
+        if self._ticker is not None and self._ticker.when() <= d + 0.002:
+            return  # the regular tick comes in time
+        self._early_tick = self._loop.call_at(d, self._tick_early)
+
+    def _tick_early(self) -> None:
+        self._early_tick = None
+        if self._closed or self._loop is None:
+            return
+        self.replica.tick(self._loop.time())
+        self._process()
 
     def _drain_ready(self, r: Replica, hub: PeerHub) -> bool:
         """Persist, send and apply Readys until none is left (False) or a

@@ -769,6 +769,25 @@ def test_thrifty_accept_falls_back_to_all_when_a_voter_is_silent() -> None:
     assert 4 in net.items(ld) and _accepts_to(net, n0, ld.r.commit) == [other]
 
 
+def test_thrifty_deadline_names_the_fallback_time() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    assert ld.r.deadline() is None
+    n0 = len(net.sent)
+    net.propose(ld, 1)
+    (voter,) = _accepts_to(net, n0, ld.r.commit)
+    assert ld.r.deadline() is None  # decided: nothing to fall back from
+    net.crash(voter)
+    net.propose(ld, 2)
+    d = ld.r.deadline()
+    assert d == pytest.approx(net.t + CFG.thrifty_wait)
+    ld.r.tick(d)  # the host ticks at the deadline, not at its next regular tick
+    net.drain(ld)
+    net.deliver()
+    assert 2 in net.items(ld) and ld.r.deadline() is None
+
+
 def test_thrifty_leader_with_the_slow_disk_asks_everyone() -> None:
     net = Net(["a", "b", "c"])
     ld = net.elect()

@@ -1048,7 +1048,7 @@ class Replica:
         now = self.now
         wait = self._thrifty_wait()
         for j, p in ld.props.items():
-            if not p.skipped or now - p.born < wait:
+            if not p.skipped or now < p.born + wait:  # as deadline() computes it
                 continue
             ms = members_at(self.ds.schedule, j) or frozenset()
             for x in ms:
@@ -1059,6 +1059,16 @@ class Replica:
                 self._send(x, msg)
             p.skipped = ()
             ld.full_until = now + self._et()
+
+    def deadline(self) -> float | None:
+        """The earliest time a tick has work to do that cannot wait for the
+        host's regular tick: an accept's fallback to every member (a tick
+        any earlier is harmless)."""
+        ld = self.ld
+        if ld is None or self.role != LEADER or not ld.props:
+            return None
+        born = min((p.born for p in ld.props.values() if p.skipped), default=None)
+        return None if born is None else born + self._thrifty_wait()
 
     def _thrifty_wait(self) -> float:
         ld = self.ld
