@@ -53,6 +53,7 @@ GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
 _NEWS = frozenset({COMMIT, ENTRIES})
+LATE_LOG_EVERY = 60.0  # s between warnings about members late to vote
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
 
 
@@ -234,6 +235,8 @@ class ClusterSequencer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._early_tick: asyncio.TimerHandle | None = None
+        self._late_seen: dict[str, int] = {}  # late_votes as last logged
+        self._late_logged = -LATE_LOG_EVERY
         self._kicked = False
         self._undecided: dict[int, Proposal] = {}
         self._last_progress = 0.0
@@ -419,9 +422,24 @@ class ClusterSequencer:
             self._flush_lazy()
         self._retry(now)
         self._expire_reads(now)
+        if self.replica.late_votes and now >= self._late_logged + LATE_LOG_EVERY:
+            self._log_late_votes(now)
         if self._graveyard:
             self._free_some()
         self._ticker = self._loop.call_later(TICK, self._tick)
+
+    def _log_late_votes(self, now: float) -> None:
+        """Say which members the leader gave up waiting for, at most once a
+        minute: a member that is often slow to vote costs writes a few ms."""
+        late = self.replica.late_votes
+        seen = self._late_seen
+        new = {x: n - seen.get(x, 0) for x, n in late.items() if n > seen.get(x, 0)}
+        if not new:
+            return
+        self._late_seen = dict(late)
+        self._late_logged = now
+        said = ", ".join(f"{x} {n}x" for x, n in sorted(new.items()))
+        log.warning("members late to vote (every member was asked instead): %s", said)
 
     def _kick(self) -> None:
         if not self._kicked and self._loop is not None:

@@ -759,6 +759,7 @@ def test_thrifty_accept_falls_back_to_all_when_a_voter_is_silent() -> None:
     net.tick(2 * CFG.thrifty_wait)
     assert 2 in net.items(ld)  # the accept went to the other member too
     assert _accepts_to(net, n0, ld.r.commit) == sorted([voter, other])
+    assert ld.r.late_votes == {voter: 1}  # for the host to report
     # every member votes for a while; then the silent one ranks last
     n0 = len(net.sent)
     net.propose(ld, 3)

@@ -265,6 +265,9 @@ class Replica:
         if ds.schedule and members_at(ds.schedule, self.applied + self.cfg.alpha) == {node_id}:
             self._boot = True
         self.bad_messages = 0
+        # per member: thrifty accepts it was asked to vote on and did not in
+        # time (the leader then asked every member); for the host to report
+        self.late_votes: dict[str, int] = {}
         self._sched_ver = 0  # bumped when the schedule may have changed (caches below)
         self._newest_cache: tuple[Any, frozenset[str] | None] = (None, None)
         self._sets_cache: tuple[Any, list[frozenset[str]]] = (None, [])
@@ -1054,6 +1057,7 @@ class Replica:
             for x in ms:
                 if x != self.id and x not in p.acks and x not in p.skipped:
                     ld.demoted[x] = now
+                    self.late_votes[x] = self.late_votes.get(x, 0) + 1
             msg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": p.value, "c": self.commit}
             for x in p.skipped:
                 self._send(x, msg)
