@@ -484,13 +484,16 @@ class ClusterSequencer:
             self._early_tick.cancel()
         if self._ticker is not None and self._ticker.when() <= d + 0.002:
             return  # the regular tick comes in time
-        self._early_tick = self._loop.call_at(d, self._tick_early)
+        self._early_tick = self._loop.call_at(d, self._tick_early, d)
 
-    def _tick_early(self) -> None:
+    def _tick_early(self, due: float) -> None:
         self._early_tick = None
         if self._closed or self._loop is None:
             return
-        self.replica.tick(self._loop.time())
+        # uvloop's clock moves in whole ms, and a timer may fire a fraction
+        # of one before its time: tick at the time it was due, or it would
+        # find nothing due yet and be armed again and again until the next ms.
+        self.replica.tick(max(self._loop.time(), due))
         self._process()
 
     def _drain_ready(self, r: Replica, hub: PeerHub) -> bool:
