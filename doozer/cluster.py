@@ -1018,7 +1018,11 @@ async def fetch_snapshot(addr: str, secret: bytes | None) -> dict:
 
 
 def make_config(args: argparse.Namespace) -> Config:
-    return Config(election_timeout=args.election_timeout, member_timeout=args.timeout)
+    return Config(
+        election_timeout=args.election_timeout,
+        member_timeout=args.timeout,
+        thrifty=not getattr(args, "all_vote", False),
+    )
 
 
 async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | None) -> int:

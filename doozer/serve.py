@@ -88,6 +88,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="wait on a silent leader before taking over",
     )
+    p.add_argument(
+        "--all-vote",
+        action="store_true",
+        help="as leader, send every accept to every member (default: to a quorum only,"
+        " and to all when a vote is late)",
+    )
     p.add_argument("--hist", type=int, default=2000, metavar="N", help="revisions of history")
     p.add_argument(
         "--hist-bytes",

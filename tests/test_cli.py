@@ -226,3 +226,11 @@ def test_serve_refuses_mem_with_a_data_dir(tmp_path: Any) -> None:
     status, _, err = subprocess_run(["serve", "--mem", "-d", str(d), "-w", "off"], b"", {})
     assert status == 2 and "--mem" in err and str(d) in err
     assert not d.exists()
+
+
+def test_all_vote_turns_thrifty_accepts_off() -> None:
+    from doozer.cluster import make_config
+
+    p = cli.build_parser()
+    assert make_config(p.parse_args(["serve"])).thrifty
+    assert not make_config(p.parse_args(["serve", "--all-vote"])).thrifty
