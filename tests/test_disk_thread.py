@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import pytest
 
 from doozer.cluster import INLINE_SYNC_MAX, ClusterSequencer, DiskThread
 from doozer.consensus import Config
@@ -154,3 +157,20 @@ def test_values_a_snapshot_made_obsolete_are_freed_a_slice_at_a_time() -> None:
         sizes.append(len(s._graveyard))
     assert sizes[0] == 10_000 - 10_000 // 8  # an eighth, or GRAVE_SLICE, per tick
     assert 20 < len(sizes) < 60 and sizes[-1] == 0
+
+
+def test_late_votes_are_logged_once_a_minute_and_warned_of_when_chronic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = _sequencer("a" * 16, 1000)
+    caplog.set_level(logging.INFO, logger="doozer")
+    s.replica.late_votes["b"] = 2
+    s._log_late_votes(100.0)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "b 2x" in caplog.records[0].getMessage()
+    s._log_late_votes(100.0)  # nothing new since: nothing said
+    assert len(caplog.records) == 1
+    s.replica.late_votes["b"] = 2 + 90
+    s._log_late_votes(160.0)
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert "b 90x" in caplog.records[-1].getMessage()
