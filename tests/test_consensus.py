@@ -770,6 +770,30 @@ def test_thrifty_accept_falls_back_to_all_when_a_voter_is_silent() -> None:
     assert 4 in net.items(ld) and _accepts_to(net, n0, ld.r.commit) == [other]
 
 
+def test_skipped_member_gets_the_values_even_when_the_next_accept_reaches_it() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    n0 = len(net.sent)
+    ld.r.propose(["x"])
+    net.drain(ld)  # the accept of "x" is queued for its one voter
+    (skipped,) = {h for h in net.hosts if h != ld.id} - {
+        to for _, to, m in net.sent[n0:] if m["t"] == "a"
+    }
+    lead = ld.r.ld
+    assert lead is not None
+    lead.full_until = float("inf")  # the next accept goes to everyone, with commit "x"
+    ld.r.propose(["y"])  # waits for "x" to be decided (Nagle)
+    net.drain(ld)
+    net.deliver()
+    assert net.items(ld) == ["x", "y"]
+    to_skipped = [m["t"] for _, to, m in net.sent[n0:] if to == skipped]
+    assert "e" in to_skipped and "q" not in [
+        m["t"] for s, _, m in net.sent[n0:] if s == skipped
+    ]  # sent the value of "x", not left to fetch it
+    assert net.items(net.hosts[skipped]) == ["x", "y"]
+
+
 def test_thrifty_deadline_names_the_fallback_time() -> None:
     net = Net(["a", "b", "c"])
     ld = net.elect()

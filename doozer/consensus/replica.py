@@ -1002,8 +1002,11 @@ class Replica:
         c = self.commit
         msg = {"t": M.ACCEPT, "b": rnd.blist, "i": j, "v": v, "c": c}
         voters = self._voters(ms, we_vote and caught_up)
-        told = ld.told
+        told, owed = ld.told, ld.skipped
         for x in voters:
+            s = owed.get(x)
+            if s is not None and s <= c:
+                self._send_owed(x, s, c)  # first, or the accept's commit sends it fetching
             self._send(x, msg)
             told[x] = c
         if len(voters) < len(ms) - (self.id in ms):
@@ -1091,19 +1094,26 @@ class Replica:
         for x in self._targets(c + 1):
             s = skipped.get(x)
             if s is not None and s <= c:
-                ents, _ = self._entries_from(s)
-                self._send(x, {"t": M.ENTRIES, "s": s, "e": ents, "c": c, "l": self.id})
-                # What did not fit, it fetches: it sees our commit.
-                nxt = [k for k, p in ld.props.items() if x in p.skipped]
-                if nxt:
-                    skipped[x] = min(nxt)
-                else:
-                    del skipped[x]
+                self._send_owed(x, s, c)
             elif told.get(x, -1) < c:
                 if msg is None:
                     msg = {"t": M.COMMIT, "b": rnd.blist, "c": c}
                 self._send(x, msg)
             told[x] = c
+
+    def _send_owed(self, x: str, s: int, c: int) -> None:
+        """Send member x the decided values from s (the first an accept
+        skipped it for) on, with our commit c."""
+        ld = self.ld
+        assert ld is not None
+        ents, _ = self._entries_from(s)
+        self._send(x, {"t": M.ENTRIES, "s": s, "e": ents, "c": c, "l": self.id})
+        # What did not fit, it fetches: it sees our commit.
+        nxt = [k for k, p in ld.props.items() if x in p.skipped]
+        if nxt:
+            ld.skipped[x] = min(nxt)
+        else:
+            del ld.skipped[x]
 
     def _chosen(self, j: int) -> None:
         assert self.ld is not None
