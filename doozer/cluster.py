@@ -53,7 +53,8 @@ GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
 _NEWS = frozenset({COMMIT, ENTRIES})
-LATE_LOG_EVERY = 60.0  # s between warnings about members late to vote
+LATE_LOG_EVERY = 60.0  # s at least between logs of members late to vote
+LATE_WARN_RATE = 1.0  # late votes a second from one member that make it a warning
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
 
 
@@ -436,13 +437,15 @@ class ClusterSequencer:
         new = {x: n - seen.get(x, 0) for x, n in late.items() if n > seen.get(x, 0)}
         if not new:
             return
+        span = now - self._late_logged  # the counts gathered over this long
         self._late_seen = dict(late)
         self._late_logged = now
         said = ", ".join(f"{x} {n}x" for x, n in sorted(new.items()))
         # A GC pass or a disk hiccup makes a vote late now and then (a few
         # times a minute on a busy shared machine); more than once a second
         # is a member in trouble.
-        level = logging.WARNING if max(new.values()) >= LATE_LOG_EVERY else logging.INFO
+        chronic = max(new.values()) >= LATE_WARN_RATE * span
+        level = logging.WARNING if chronic else logging.INFO
         log.log(level, "members late to vote (every member was asked instead): %s", said)
 
     def _kick(self) -> None:

@@ -174,3 +174,6 @@ def test_late_votes_are_logged_once_a_minute_and_warned_of_when_chronic(
     s._log_late_votes(160.0)
     assert caplog.records[-1].levelno == logging.WARNING
     assert "b 90x" in caplog.records[-1].getMessage()
+    s.replica.late_votes["b"] = 92 + 90  # as many, but over an hour: not chronic
+    s._log_late_votes(160.0 + 3600)
+    assert caplog.records[-1].levelno == logging.INFO
