@@ -189,6 +189,24 @@ def test_lone_member_elects_itself_and_decides_in_order() -> None:
     assert [i for i, _ in a.log] == list(range(1, len(a.log) + 1))
 
 
+def test_a_ready_with_nothing_in_it_is_empty_and_read_only() -> None:
+    """ready() hands back one shared empty Ready when there is nothing to do
+    (each host pass ends on one); a host changing it must fail, not corrupt
+    the next pass."""
+    net = Net(["a", "b", "c"])
+    a = net.elect()
+    net.tick()
+    rd = a.r.ready()
+    assert not rd and not a.r.has_ready()
+    for name in ("persist", "messages", "decided", "early", "loopback", "suspects"):
+        with pytest.raises(AttributeError):
+            getattr(rd, name).append(None)
+    a.r.propose(["x"])
+    full = a.r.ready()
+    assert full and full.persist and full is not rd
+    assert not rd  # still empty
+
+
 def test_a_lone_member_restarting_leads_at_its_first_tick() -> None:
     net = Net(["a"])
     a = net.elect(1.0)

@@ -30,7 +30,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from . import messages as M
 from .acceptor import report, size_of
@@ -53,6 +53,10 @@ CANDIDATE = "candidate"
 LEADER = "leader"
 
 _NEVER = -math.inf
+
+# What ready() hands back when there is nothing: shared, and immutable so that
+# a host that wrongly changed a Ready would fail loudly here.
+_EMPTY = Ready(*cast(Any, ((), (), (), (), (), None, (), (), ())))
 
 # Messages that claim nothing about this replica's own durable state (a leader's
 # proposal or heartbeat, decisions a quorum already made durable, requests): the
@@ -271,6 +275,7 @@ class Replica:
         self._sched_ver = 0  # bumped when the schedule may have changed (caches below)
         self._newest_cache: tuple[Any, frozenset[str] | None] = (None, None)
         self._sets_cache: tuple[Any, list[frozenset[str]]] = (None, [])
+        self._targets_cache: tuple[Any, list[str]] = (None, [])
         # outboxes
         self._persist: list[list] = []
         self._msgs: list[tuple[str, dict]] = []
@@ -486,6 +491,9 @@ class Replica:
 
     def has_ready(self) -> bool:
         self._pump()
+        return self._has_output()
+
+    def _has_output(self) -> bool:
         return bool(
             self._persist
             or self._msgs
@@ -500,6 +508,8 @@ class Replica:
 
     def ready(self) -> Ready:
         self._pump()
+        if not self._has_output():
+            return _EMPTY  # a host's last call of each pass: nothing to build
         decided = []
         while self.emitted < self.commit:
             i = self.emitted + 1
@@ -592,12 +602,19 @@ class Replica:
 
     def _targets(self, lo: int) -> list[str]:
         """Every member of a set governing [lo, applied + alpha], but us (sorted, so a
-        simulation replays exactly whatever the hash seed)."""
+        simulation replays exactly whatever the hash seed). Do not change it:
+        the list is cached while the sets stay the same."""
+        sets = self._sets(lo)
+        cached, targets = self._targets_cache
+        if cached == sets:  # the same set objects, mostly: compared by identity
+            return targets
         out: set[str] = set()
-        for ms in self._sets(lo):
+        for ms in sets:
             out |= ms
         out.discard(self.id)
-        return sorted(out)
+        targets = sorted(out)
+        self._targets_cache = (sets, targets)
+        return targets
 
     def _size(self, i: int) -> int:
         s = self._sizes.get(i)
