@@ -307,6 +307,8 @@ class PeerHub:
         self._refusals: dict[str, str] = {}  # dialer -> last refusal logged
         self._unknown_dropped = 0
         self._last_msg: dict[str, Any] | None = None
+        self._dirty: list[_Link] = []  # links with a flush pending, in order
+        self._flush_scheduled = False
         self._last_line = b""
         self._closed = False
         self._tasks_closing: list[asyncio.Task[None]] = []  # cancelled, maybe not yet done
@@ -499,15 +501,27 @@ class PeerHub:
         self._schedule_flush(link)
 
     def _schedule_flush(self, link: _Link) -> None:
-        # call_soon: everything sent in this loop iteration goes out in one write
+        # Everything sent in this loop iteration goes out in one write per
+        # link, from one callback for all links (not one per message).
         if link.up and not link.paused and not link.flush_pending and link.queue:
             link.flush_pending = True
-            self._loop.call_soon(self._flush, link)
+            self._dirty.append(link)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Write every queued message now rather than at the end of this loop
         iteration (the caller knows nothing more is coming)."""
-        for link in self._links.values():
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for link in dirty:
             if link.flush_pending:
                 self._flush(link)
 
