@@ -250,6 +250,7 @@ class ClusterSequencer:
         self._nodes_dirty = True
         self._snapshot_task: asyncio.Task | None = None
         self._follower_seen: dict[str, float] = {}
+        self._followers_ballot: Any = None  # the leadership _follower_seen is timed under
         self._removing: set[str] = set()
         self._closed = False
         self._kept: deque[tuple[int, int]] = deque()  # (instance, bytes) still in the log
@@ -914,9 +915,17 @@ class ClusterSequencer:
         """Leader: remove /ctl/node entries of followers silent for `timeout`."""
         node = self.node
         assert node is not None and self._loop is not None
-        if not self.replica.is_leader:
+        r = self.replica
+        if not r.is_leader:
             self._follower_seen.clear()
             return
+        if r.leader_ballot != self._followers_ballot:
+            # A new leadership: what we heard as a follower (followers fetch
+            # from the leader of the day, not from us) times nobody's silence.
+            # Without this a new leader removed a live follower's entries at
+            # once (seen in a Jepsen run, 117 ms after it took over).
+            self._followers_ballot = r.leader_ballot
+            self._follower_seen.clear()
         now = self._loop.time()
         try:
             ids = node.store.getdir("/ctl/node")

@@ -10,6 +10,7 @@ import pytest
 
 from doozer.cluster import INLINE_SYNC_MAX, ClusterSequencer, DiskThread
 from doozer.consensus import Config
+from doozer.mutation import SET, Mutation
 from doozer.storage import DataDir
 from tests.faultyfs import FaultyOS
 
@@ -177,3 +178,43 @@ def test_late_votes_are_logged_once_a_minute_and_warned_of_when_chronic(
     s.replica.late_votes["b"] = 92 + 90  # as many, but over an hour: not chronic
     s._log_late_votes(160.0 + 3600)
     assert caplog.records[-1].levelno == logging.INFO
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def time(self) -> float:
+        return self.t
+
+
+def test_a_new_leader_times_followers_silence_from_when_it_took_over() -> None:
+    """Followers talk to the leader of the day; a node that heard one long ago,
+    as a follower itself, must not take that for silence once it leads."""
+    from types import SimpleNamespace
+
+    from doozer.store import Store
+
+    s = _sequencer("a" * 16, 1000)
+    s.replica.bootstrap(["a" * 16])
+    s.replica.tick(0.0)
+    s.replica.tick(0.1)
+    assert s.replica.is_leader
+    store = Store()
+    store.apply(Mutation(SET, "/ctl/node/f/addr", -1, b"127.0.0.1:9"))
+    removed: list[str] = []
+    s.node = SimpleNamespace(  # type: ignore[assignment]
+        node_id="a" * 16, store=store, propose=lambda m, done, t: removed.append(m.path)
+    )
+    loop = _FakeLoop()
+    s._loop = loop  # type: ignore[assignment]
+    s._follower_seen["f"] = 0.0  # heard before this leadership began
+    loop.t = 100.0
+    s.check_followers(8.0)
+    assert removed == []  # a fresh grace period, not 100 s of "silence"
+    loop.t = 105.0
+    s.check_followers(8.0)
+    assert removed == []
+    loop.t = 109.0  # now silent for 9 s under this leadership
+    s.check_followers(8.0)
+    assert removed == ["/ctl/node/f/addr"]
