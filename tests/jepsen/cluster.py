@@ -76,6 +76,19 @@ class Cluster:
         selves = await self.selves()
         return sorted(f"n{i}" for i, s in selves.items() if s.get("role") in ("leader", "member"))
 
+    async def views(self) -> str:
+        """Each live node's own view (role, leader, applied rev), for a failure
+        report: which node disagrees, and whether it is behind."""
+        out = []
+        for n in self.up():
+            me = await try_request(n.addr, {"verb": "SELF"}, 1.0)
+            rev = await try_request(n.addr, {"verb": "REV", "stale": True}, 1.0)
+            out.append(
+                f"{n.name} {me.get('role', me.get('err_code'))}"
+                f" leader={self.name(me.get('leader', ''))} rev={rev.get('rev', '?')}"
+            )
+        return "; ".join(out)
+
     async def leader(self) -> Node | None:
         for idx, s in (await self.selves()).items():
             if s.get("role") == "leader":

@@ -385,6 +385,7 @@ class Nemesis:
                 ev.detail += f"; {want} members after {took:.1f}s ({' '.join(members)})"
             else:
                 ev.failed = f"members after {took:.0f}s: {members}, want {want}"
+                ev.failed += f" (views: {await c.views()})"
             self.log(f"membership: {ev.detail} {ev.failed}")
 
     async def _until_done(self, req: dict, deadline: float) -> str:
