@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import random
 import secrets
 import socket
@@ -234,8 +235,13 @@ class ClusterSequencer:
         self.hub: PeerHub | None = None
         self.applied_instance = self.replica.applied
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ticker: asyncio.TimerHandle | None = None
-        self._early_tick: asyncio.TimerHandle | None = None
+        # The regular tick and an early one (see _arm_deadline), with when each
+        # is due: uvloop hands back a plain Handle, which has no when(), for
+        # a time already past.
+        self._ticker: asyncio.Handle | None = None
+        self._tick_at = math.inf
+        self._early_tick: asyncio.Handle | None = None
+        self._early_at = math.inf
         self._late_seen: dict[str, int] = {}  # late_votes as last logged
         self._late_logged = -LATE_LOG_EVERY
         self._kicked = False
@@ -418,17 +424,25 @@ class ClusterSequencer:
             return
         assert self._loop is not None
         now = self._loop.time()
-        self.replica.tick(now)
-        self._process()
-        if self._lazy and now - self._lazy_since > LAZY_AGE:
-            self._flush_lazy()
-        self._retry(now)
-        self._expire_reads(now)
-        if self.replica.late_votes and now >= self._late_logged + LATE_LOG_EVERY:
-            self._log_late_votes(now)
-        if self._graveyard:
-            self._free_some()
+        # The next tick first: the replica's clock (heartbeats, elections,
+        # catching up) must outlive any bug below. It once did not: an
+        # exception here stopped a node's ticks for good, and it fell behind
+        # and stayed there.
+        self._tick_at = now + TICK
         self._ticker = self._loop.call_later(TICK, self._tick)
+        try:
+            self.replica.tick(now)
+            self._process()
+            if self._lazy and now - self._lazy_since > LAZY_AGE:
+                self._flush_lazy()
+            self._retry(now)
+            self._expire_reads(now)
+            if self.replica.late_votes and now >= self._late_logged + LATE_LOG_EVERY:
+                self._log_late_votes(now)
+            if self._graveyard:
+                self._free_some()
+        except Exception:
+            log.exception("tick failed")
 
     def _log_late_votes(self, now: float) -> None:
         """Say which members the leader gave up waiting for, at most once a
@@ -485,17 +499,22 @@ class ClusterSequencer:
             if self._early_tick is not None:
                 self._early_tick.cancel()
                 self._early_tick = None
+                self._early_at = math.inf
             return
         if self._early_tick is not None:
-            if self._early_tick.when() <= d + 0.0005:
+            if self._early_at <= d + 0.0005:
                 return
             self._early_tick.cancel()
-        if self._ticker is not None and self._ticker.when() <= d + 0.002:
+            self._early_tick = None
+            self._early_at = math.inf
+        if self._ticker is not None and self._tick_at <= d + 0.002:
             return  # the regular tick comes in time
+        self._early_at = d
         self._early_tick = self._loop.call_at(d, self._tick_early, d)
 
     def _tick_early(self, due: float) -> None:
         self._early_tick = None
+        self._early_at = math.inf
         if self._closed or self._loop is None:
             return
         # uvloop's clock moves in whole ms, and a timer may fire a fraction

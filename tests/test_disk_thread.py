@@ -218,3 +218,52 @@ def test_a_new_leader_times_followers_silence_from_when_it_took_over() -> None:
     loop.t = 109.0  # now silent for 9 s under this leadership
     s.check_followers(8.0)
     assert removed == ["/ctl/node/f/addr"]
+
+
+def test_an_early_tick_for_a_time_already_past_is_armed_and_rearmed_safely() -> None:
+    """uvloop hands back a plain Handle (no when()) for a time already past:
+    a second arming must not trip over it, or the tick that runs it dies."""
+    import uvloop
+
+    async def run() -> None:
+        s = _sequencer("a" * 16, 1000)
+        loop = asyncio.get_running_loop()
+        s._loop = loop
+        s.replica.deadline = lambda: loop.time() - 1.0  # type: ignore[method-assign]
+        s._arm_deadline()
+        assert s._early_tick is not None
+        s._arm_deadline()  # raised AttributeError: 'Handle' has no when()
+        s.replica.deadline = lambda: loop.time() - 2.0  # type: ignore[method-assign]
+        s._arm_deadline()  # an earlier time: re-armed for it
+        assert s._early_at == pytest.approx(loop.time() - 2.0, abs=0.01)
+
+    uvloop.run(run())
+
+
+def test_the_tick_outlives_a_failure_in_it(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in what a tick does is logged, and the next tick still comes:
+    without ticks a node neither heartbeats nor catches up."""
+    import uvloop
+
+    async def run() -> None:
+        s = _sequencer("a" * 16, 1000)
+        s._loop = asyncio.get_running_loop()
+        calls = 0
+
+        def broken() -> None:
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("a bug")
+
+        s._process = broken  # type: ignore[method-assign]
+        s._tick()
+        for _ in range(100):
+            if calls >= 3:
+                break
+            await asyncio.sleep(0.01)
+        s._closed = True
+        assert calls >= 3
+
+    caplog.set_level(logging.ERROR, logger="doozer")
+    uvloop.run(run())
+    assert any("tick failed" in r.getMessage() for r in caplog.records)
