@@ -196,3 +196,25 @@ def test_the_checks_catch_lost_writes():
     assert "FAIL" in out and "acknowledged writes lost on" in out
     assert "smallest non-linearizable window" in out
     assert "seed 1; schedule" in out and "results (history, node logs" in out
+
+
+def test_a_traceback_in_a_node_log_is_found(tmp_path):
+    """A bug a node survives (logged, not a crash) must fail the run."""
+    from types import SimpleNamespace
+
+    from tests.jepsen.runner import _exceptions_logged
+
+    good, bad = tmp_path / "good.log", tmp_path / "bad.log"
+    good.write_text("2026-11-27T09:25:17.057 doozer: leader is x (this node)\n")
+    bad.write_text(
+        "2026-11-27T09:25:19.000 doozer: Exception in callback ClusterSequencer._tick\n"
+        "Traceback (most recent call last):\n"
+        '  File "cluster.py", line 490, in _arm_deadline\n'
+        "    if self._early_tick.when() <= d + 0.0005:\n"
+        "AttributeError: 'uvloop.loop.Handle' object has no attribute 'when'\n"
+        "2026-11-27T09:25:24.103 doozer: leader is y\n"
+    )
+    nodes = [SimpleNamespace(name="n0", logfile=good), SimpleNamespace(name="n1", logfile=bad)]
+    assert _exceptions_logged(nodes) == [  # type: ignore[arg-type]
+        ("n1", "AttributeError: 'uvloop.loop.Handle' object has no attribute 'when'")
+    ]

@@ -24,6 +24,7 @@ from tests.jepsen.conn import Conn, try_request
 from tests.jepsen.hostile import Hostile
 from tests.jepsen.nemesis import Event, Nemesis, Timing, parse, plan
 from tests.jepsen.network import Network, NetworkError, make_network
+from tests.jepsen.nodes import Node
 from tests.jepsen.workload import FAIL, OK, History, Rec, Workload, WorkloadConfig, classify
 
 
@@ -436,6 +437,10 @@ class Run:
             self.failures.append(f"acknowledged writes lost on {len(lost_keys)} keys")
         for c in self.crashes:
             self.failures.append(f"{c['node']} crashed at {c['at']}s (exit {c['exit']})")
+        for name, err in _exceptions_logged(self.cluster.started()):
+            # a bug a node survived: the one that stopped a node's ticks showed
+            # only as a membership change that never took effect
+            self.failures.append(f"{name} logged an exception: {err}")
         for e in events:
             # a membership change that never takes effect is a liveness bug; a network
             # fault that could not be applied leaves the run short of what it claims
@@ -517,3 +522,18 @@ def _note_error(d: Path, e: BaseException) -> None:
 
 class RunError(RuntimeError):
     """The runner itself failed (a bug in the suite, not a finding about doozer)."""
+
+
+def _exceptions_logged(nodes: list[Node]) -> list[tuple[str, str]]:
+    """(node, the exception's last line) for each traceback in a node's log."""
+    out = []
+    for n in nodes:
+        try:
+            lines = n.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for k, line in enumerate(lines):
+            if line.startswith("Traceback (most recent call last)"):
+                last = next((x for x in lines[k + 1 :] if x and not x.startswith((" ", "\t"))), "?")
+                out.append((n.name, last.strip()[:200]))
+    return out
