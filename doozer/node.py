@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ from doozer.protocol import Request, encode_value
 from doozer.sequencer import Proposal, Sequencer
 from doozer.store import Applied, Event, Store
 from doozer.watch import Subscription, WatchRegistry
+
+log = logging.getLogger("doozer")
 
 DEFAULT_TIMEOUT = 10.0
 ORIGINS_KEPT = 4096  # incarnations remembered for de-duplication
@@ -130,18 +133,23 @@ class Node:
 
     def _sweep(self) -> None:
         assert self._loop is not None
+        # Re-armed first: a failing callback must not end every later write's
+        # timeout (their clients would wait forever).
+        self._sweeper = self._loop.call_later(0.05, self._sweep)
         now = self.now()
         dl = self._deadlines
         while dl and dl[0][0] <= now:
             _, seq = heapq.heappop(dl)
             cb = self._pending.pop(seq, None)
             if cb is not None:
-                cb(None, "no quorum decided the write in time; its outcome is unknown")
+                try:
+                    cb(None, "no quorum decided the write in time; its outcome is unknown")
+                except Exception:
+                    log.exception("answering a timed-out write failed")
         if len(dl) > 2 * len(self._pending) + 1024:
             # drop entries whose writes were answered long ago
             self._deadlines = [e for e in dl if e[1] in self._pending]
             heapq.heapify(self._deadlines)
-        self._sweeper = self._loop.call_later(0.05, self._sweep)
 
     def origin_applied(self, origin: str) -> int:
         """The highest seq of `origin` applied here (0 if none)."""
