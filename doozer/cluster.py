@@ -1343,3 +1343,7 @@ async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespa
                 break
         except DoozerError:
             continue
+        except Exception:
+            # a bug: say so, and keep claiming slots and clearing silent
+            # followers (this loop ending would stop both for good)
+            log.exception("housekeeping failed")

@@ -1,4 +1,5 @@
-"""The node's own timers, driven on a real event loop."""
+"""A node's timers and background loops, driven on a real event loop: a bug in
+what one of them does is logged, and the loop lives on."""
 
 from __future__ import annotations
 
@@ -54,3 +55,40 @@ def test_write_timeouts_outlive_a_failing_answer(caplog: pytest.LogCaptureFixtur
     uvloop.run(run())
     assert answered and "outcome is unknown" in answered[0]
     assert any("timed-out write failed" in r.getMessage() for r in caplog.records)
+
+
+def test_housekeeping_outlives_a_failure_in_it(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from doozer.cluster import housekeeping
+
+    calls = 0
+
+    def check_followers(timeout: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+
+    store = Store()
+    node = SimpleNamespace(closing=False, store=store, node_id="n", addr="")
+    seq = SimpleNamespace(
+        replica=SimpleNamespace(is_leader=True, leader=None),
+        check_followers=check_followers,
+        _members={"n"},
+    )
+    args = SimpleNamespace(timeout=8.0, readonly=False)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(housekeeping(node, seq, args))  # type: ignore[arg-type]
+        for _ in range(100):
+            if calls >= 2 or task.done():
+                break
+            await asyncio.sleep(0.05)
+        node.closing = True
+        await asyncio.wait_for(task, 2)
+
+    caplog.set_level(logging.ERROR, logger="doozer")
+    uvloop.run(run())
+    assert calls >= 2
+    assert any("housekeeping failed" in r.getMessage() for r in caplog.records)
