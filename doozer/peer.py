@@ -565,8 +565,12 @@ class PeerHub:
     async def _run_link(self, link: _Link) -> None:
         delay = self._backoff_min
         while True:
-            if await self._connect_once(link):
-                delay = self._backoff_min
+            try:
+                if await self._connect_once(link):
+                    delay = self._backoff_min
+            except Exception:
+                # a bug: say so and dial again, or this peer is cut off for good
+                self._log(f"link to {link.peer_id} failed:\n{traceback.format_exc()}")
             await asyncio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
             delay = min(delay * 2, self._backoff_max)
 

@@ -455,6 +455,35 @@ def test_reconnects_after_the_peer_restarts() -> None:
     run(main())
 
 
+def test_a_bug_while_dialing_is_logged_and_the_link_dials_again() -> None:
+    async def main() -> None:
+        a = await Node("A").start()
+        b = await Node("B").start()
+        try:
+            assert a.hub is not None
+            real = a.hub._connect_once
+            fails = 0
+
+            async def flaky(link: Any) -> bool:
+                nonlocal fails
+                if fails < 2:
+                    fails += 1
+                    raise RuntimeError("a bug")
+                return await real(link)
+
+            a.hub._connect_once = flaky  # type: ignore[method-assign]
+            await mesh(a, b)
+            a.hub.send("B", {"n": 1})
+            await until(lambda: b.got("A") == [{"n": 1}], "message after two failed dials")
+            assert fails == 2
+            assert len([m for m in a.logs if "RuntimeError: a bug" in m]) == 2, a.logs
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(main())
+
+
 def test_partition_through_a_proxy_loses_messages_then_heals() -> None:
     async def main() -> None:
         a = await Node("A").start()
