@@ -353,7 +353,16 @@ class Server:
         """Write what connections have queued; also runs as the scheduled flush."""
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn._flush()
+            try:
+                conn._flush()
+            except Exception:
+                # one connection's failure must not leave the others' answers
+                # unwritten (their flush is marked scheduled: none would come)
+                log.exception("writing to client %s failed", conn.peer)
+                conn._flush_scheduled = False
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.abort()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()

@@ -92,3 +92,49 @@ def test_housekeeping_outlives_a_failure_in_it(caplog: pytest.LogCaptureFixture)
     uvloop.run(run())
     assert calls >= 2
     assert any("housekeeping failed" in r.getMessage() for r in caplog.records)
+
+
+class _Transport:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.data: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("a bug in writing")
+        self.data.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_one_client_failing_to_flush_does_not_silence_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from doozer.server import Connection, Server
+
+    async def run() -> tuple[_Transport, _Transport, _Transport]:
+        server = Server(SimpleNamespace(dispatch=None))  # type: ignore[arg-type]
+        conns = [Connection(server) for _ in range(3)]
+        ts = (_Transport(), _Transport(fail=True), _Transport())
+        for c, t in zip(conns, ts, strict=True):
+            c.transport = t  # type: ignore[assignment]
+            c.write(b"answer\n")  # queued; one flush for all, at the end of the pass
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        conns[2].write(b"later\n")  # its flush gets scheduled again
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return ts
+
+    caplog.set_level(logging.ERROR, logger="doozer")
+    ok1, bad, ok2 = uvloop.run(run())
+    assert ok1.data == [b"answer\n"] and ok2.data == [b"answer\n", b"later\n"]
+    assert bad.aborted
+    assert any("writing to client" in r.getMessage() for r in caplog.records)
