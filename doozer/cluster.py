@@ -242,6 +242,7 @@ class ClusterSequencer:
         self._tick_at = math.inf
         self._early_tick: asyncio.Handle | None = None
         self._early_at = math.inf
+        self._tick_failed_logged = -math.inf  # a failing tick is logged once in a while
         self._late_seen: dict[str, int] = {}  # late_votes as last logged
         self._late_logged = -LATE_LOG_EVERY
         self._kicked = False
@@ -442,7 +443,10 @@ class ClusterSequencer:
             if self._graveyard:
                 self._free_some()
         except Exception:
-            log.exception("tick failed")
+            # at most every 10 s: a bug that fails every tick must not flood the log
+            if now - self._tick_failed_logged >= 10.0:
+                self._tick_failed_logged = now
+                log.exception("tick failed")
 
     def _log_late_votes(self, now: float) -> None:
         """Say which members the leader gave up waiting for, at most once a
@@ -1314,6 +1318,7 @@ async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespa
     """Slow loops: claim an empty slot, keep our /ctl/node entries, remove
     silent followers."""
     claiming = False
+    failed_logged = -math.inf
     while not node.closing:
         await asyncio.sleep(0.2)
         try:
@@ -1344,6 +1349,9 @@ async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespa
         except DoozerError:
             continue
         except Exception:
-            # a bug: say so, and keep claiming slots and clearing silent
-            # followers (this loop ending would stop both for good)
-            log.exception("housekeeping failed")
+            # a bug: say so (at most every 10 s), and keep claiming slots and
+            # clearing silent followers (this loop ending would stop both)
+            now = time.monotonic()
+            if now - failed_logged >= 10.0:
+                failed_logged = now
+                log.exception("housekeeping failed")
