@@ -144,6 +144,9 @@ class DiskThread:
                     dd.save_snapshot(snap)
                 except StorageError as e:
                     err = str(e)
+                except Exception as e:  # a bug: fail the job, keep the thread
+                    log.exception("saving a snapshot failed")
+                    err = f"internal error: {e!r}"
                 self._post([done], err)
                 i += 1
                 continue
@@ -156,6 +159,13 @@ class DiskThread:
                 self._write([r for _, records, _ in group for r in records])
             except StorageError as e:
                 err = str(e)
+            except Exception as e:
+                # A bug: fail these writes as a disk error would (the node
+                # refuses writes and says why) rather than let the thread
+                # die, which would leave every later record unwritten and
+                # the node silently unable to vote.
+                log.exception("writing the log failed")
+                err = f"internal error: {e!r}"
             self._post([d for _, _, d in group], err)
 
     def _write(self, records: list[list]) -> None:

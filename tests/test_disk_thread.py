@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from doozer.cluster import INLINE_SYNC_MAX, ClusterSequencer, DiskThread
 from doozer.consensus import Config
@@ -223,7 +224,6 @@ def test_a_new_leader_times_followers_silence_from_when_it_took_over() -> None:
 def test_an_early_tick_for_a_time_already_past_is_armed_and_rearmed_safely() -> None:
     """uvloop hands back a plain Handle (no when()) for a time already past:
     a second arming must not trip over it, or the tick that runs it dies."""
-    import uvloop
 
     async def run() -> None:
         s = _sequencer("a" * 16, 1000)
@@ -243,7 +243,6 @@ def test_an_early_tick_for_a_time_already_past_is_armed_and_rearmed_safely() -> 
 def test_the_tick_outlives_a_failure_in_it(caplog: pytest.LogCaptureFixture) -> None:
     """A bug in what a tick does is logged, and the next tick still comes:
     without ticks a node neither heartbeats nor catches up."""
-    import uvloop
 
     async def run() -> None:
         s = _sequencer("a" * 16, 1000)
@@ -268,3 +267,38 @@ def test_the_tick_outlives_a_failure_in_it(caplog: pytest.LogCaptureFixture) -> 
     uvloop.run(run())
     # logged, but once for the burst: a bug failing every tick must not flood the log
     assert [r.getMessage() for r in caplog.records].count("tick failed") == 1
+
+
+def test_a_bug_in_a_disk_job_fails_it_and_the_thread_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job that raises something other than a StorageError (a bug) fails
+    with that error; the thread lives on to write the next one."""
+
+    async def main() -> list[str | None]:
+        loop = asyncio.get_running_loop()
+        dd = open_dir(tmp_path / "d")
+        disk = DiskThread(dd, loop)
+        try:
+            got: list[str | None] = []
+            futs = []
+            for records in ([[object()]], [rec(1)]):  # the first cannot be encoded
+                fut = loop.create_future()
+                futs.append(fut)
+
+                def done(err: str | None, fut: asyncio.Future = fut) -> None:
+                    got.append(err)
+                    fut.set_result(None)
+
+                disk.submit(records, done)
+                await asyncio.wait_for(fut, 5)
+            return got
+        finally:
+            disk.close()
+            dd.close()
+
+    caplog.set_level(logging.ERROR, logger="doozer")
+    got = uvloop.run(main())
+    assert got[0] is not None and "internal error" in got[0]
+    assert got[1] is None
+    assert any("writing the log failed" in r.getMessage() for r in caplog.records)
