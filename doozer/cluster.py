@@ -50,6 +50,11 @@ SNAP_REVS = 20_000  # snapshot the store every this many revs ...
 SNAP_BYTES = 64 << 20  # ... or this many bytes of log
 KEEP_DECIDED = 20_000  # decided instances kept for peers that catch up from the log
 KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets a snapshot
+# A durable member compacts at its snapshots, but keeps this much before the
+# snapshot point too, so a peer just behind it (a restart while we snapshot)
+# fetches a few entries instead of the whole snapshot (etcd keeps 5000)
+KEEP_PAST_SNAPSHOT = 5_000
+KEEP_PAST_SNAPSHOT_BYTES = 2 << 20
 GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
@@ -272,6 +277,7 @@ class ClusterSequencer:
         self._closed = False
         self._kept: deque[tuple[int, int]] = deque()  # (instance, bytes) still in the log
         self._kept_bytes = 0
+        self._forget_upto = 0  # a durable member's snapshots may compact up to here
         self._hello_addrs: dict[str, str] = {}
         self.on_change: list[Callable[[], None]] = []
         # Writes out what applying queued for clients (the server's replies
@@ -712,10 +718,9 @@ class ClusterSequencer:
             self._inst_revs.append((inst, node.store.rev))
             if len(self._inst_revs) > 2 * INST_REVS:
                 del self._inst_revs[:INST_REVS]
-            if self.datadir is None:
-                size = 64 + sum(len(p.m.value) for p in props)
-                self._kept.append((inst, size))
-                self._kept_bytes += size
+            size = 64 + sum(len(p.m.value) for p in props)
+            self._kept.append((inst, size))
+            self._kept_bytes += size
             if self._cal_dirty:
                 self._refresh_members()
             r.set_membership(inst, self._members)
@@ -769,9 +774,13 @@ class ClusterSequencer:
             if err is not None:
                 log.error("snapshot failed: %s", err)
                 return
+            # Not past the snapshot (a compaction ahead of it would lose
+            # decided instances at the next restart), and not the margin
+            # kept for peers just behind it.
+            upto = min(inst, self._forget_upto)
             decided = self.replica.ds.decided
-            self._graveyard.extend([v for i, v in decided.items() if i <= inst])
-            self.replica.compact(inst)
+            self._graveyard.extend([v for i, v in decided.items() if i <= upto])
+            self.replica.compact(upto)
             self._kick()
 
         self.disk.snapshot(snap, done)
@@ -814,11 +823,13 @@ class ClusterSequencer:
                 fn()
         kept = self._kept
         if self.datadir is not None:
-            # compaction follows the data dir's snapshots (save_snapshot): a
-            # compaction record ahead of the newest snapshot would lose
-            # decided instances at the next restart
-            kept.clear()
-            self._kept_bytes = 0
+            # Compaction follows the data dir's snapshots (save_snapshot);
+            # here only the margin it keeps is measured.
+            while kept and (
+                len(kept) > KEEP_PAST_SNAPSHOT or self._kept_bytes > KEEP_PAST_SNAPSHOT_BYTES
+            ):
+                self._forget_upto, size = kept.popleft()
+                self._kept_bytes -= size
         elif len(kept) > 2 * KEEP_DECIDED or self._kept_bytes > KEEP_DECIDED_BYTES:
             # Forget the oldest decided instances: down to half the budget.
             upto = 0
