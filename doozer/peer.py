@@ -62,6 +62,8 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 _TCP_RTO_MAX_MS = 44  # linux/tcp.h; not yet in Python's socket module
 _RTO_MAX_MS = 1000  # the least the kernel accepts
+_TCP_RTO_MIN_US = 45  # linux/tcp.h (Linux >= 6.15)
+_RTO_MIN_US = 50_000  # above the receiver's 40 ms delayed ACK: no spurious resends
 
 
 def _tune_socket(transport: asyncio.BaseTransport, user_timeout: float) -> None:
@@ -85,6 +87,12 @@ def _tune_socket(transport: asyncio.BaseTransport, user_timeout: float) -> None:
     # nothing worth counting.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_RTO_MAX_MS, _RTO_MAX_MS)
+    # And the first retry after a loss comes after 200 ms by default, however
+    # short the round trip: under steady loss that alone holds heartbeats
+    # past the election timeout. The RTO still follows the measured round
+    # trip above this floor, so a slow link is not retried early.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_RTO_MIN_US, _RTO_MIN_US)
 
 
 class _Link:

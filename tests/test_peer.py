@@ -650,8 +650,9 @@ def test_hub_requires_a_cluster_id() -> None:
         PeerHub("A", CLUSTER, "", secret=None, on_message=lambda s, m: None)
 
 
-def test_peer_sockets_cap_the_retransmission_timeout() -> None:
-    """A lossy spell must not leave a link silent behind a grown RTO (Linux >= 6.15)."""
+def test_peer_sockets_bound_the_retransmission_timeout() -> None:
+    """A lossy spell must not leave a link silent behind a grown RTO, nor wait
+    the default 200 ms for each first retry (Linux >= 6.15)."""
     from doozer import peer
 
     probe = socket.socket()
@@ -662,7 +663,7 @@ def test_peer_sockets_cap_the_retransmission_timeout() -> None:
     finally:
         probe.close()
 
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, int]:
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
@@ -672,10 +673,14 @@ def test_peer_sockets_cap_the_retransmission_timeout() -> None:
             sock = t.get_extra_info("socket")
             return (
                 sock.getsockopt(socket.IPPROTO_TCP, peer._TCP_RTO_MAX_MS),
+                sock.getsockopt(socket.IPPROTO_TCP, peer._TCP_RTO_MIN_US),
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
             )
         finally:
             t.close()
             srv.close()
 
-    assert run(main()) == (peer._RTO_MAX_MS, 10_000)
+    rto_max, rto_min, user_timeout = run(main())
+    assert (rto_max, user_timeout) == (peer._RTO_MAX_MS, 10_000)
+    # the kernel rounds the floor up to whole jiffies
+    assert peer._RTO_MIN_US <= rto_min <= peer._RTO_MIN_US + 10_000
