@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -17,6 +18,20 @@ pytestmark = pytest.mark.slow
 
 def durable_node(datadir: Path, port: int, *extra: str) -> NodeProc:
     return NodeProc("-d", str(datadir), "--election-timeout", "0.3", *extra, port=port, mem=False)
+
+
+def three_durable(tmp_path: Path, *flags: str) -> tuple[str, Callable[[int, bool], NodeProc]]:
+    """Ports for three durable nodes under tmp_path; returns the first's address
+    and start(i, first_time): the first start of nodes 1 and 2 joins node 0,
+    a later one resumes from the node's data dir."""
+    ports = [free_port() for _ in range(3)]
+    addr0 = f"127.0.0.1:{ports[0]}"
+
+    def start(i: int, first_time: bool) -> NodeProc:
+        extra = ["-a", addr0] if (first_time and i) else []
+        return durable_node(tmp_path / f"n{i}", ports[i], *flags, *extra).start()
+
+    return addr0, start
 
 
 class Writer:
@@ -90,15 +105,9 @@ def test_single_node_kill9_under_load_loses_nothing(tmp_path):
 
 
 def test_three_nodes_all_killed_together_lose_nothing(tmp_path):
-    ports = [free_port() for _ in range(3)]
-    addr0 = f"127.0.0.1:{ports[0]}"
-
-    def start(i: int, first_time: bool) -> NodeProc:
-        extra = ["-a", addr0] if (first_time and i) else []
-        # Frequent snapshots and small segments: restarts recover from snapshot +
-        # log, not the log alone, and segments roll and are recycled meanwhile.
-        flags = ["--snap-revs", "50", "--segment-bytes", str(64 << 10)]
-        return durable_node(tmp_path / f"n{i}", ports[i], *flags, *extra).start()
+    # Frequent snapshots and small segments: restarts recover from snapshot +
+    # log, not the log alone, and segments roll and are recycled meanwhile.
+    addr0, start = three_durable(tmp_path, "--snap-revs", "50", "--segment-bytes", str(64 << 10))
 
     nodes = [start(0, True)]
     nodes += [start(1, True), start(2, True)]
@@ -258,12 +267,7 @@ def test_dead_member_loses_its_slot_and_reclaims_it_after_restart(tmp_path):
     """--timeout: a member a quorum has not heard from loses its slot (once,
     through consensus); restarted from its data dir it comes back as itself,
     as a follower, and claims the free slot again. Nobody healthy is removed."""
-    ports = [free_port() for _ in range(3)]
-    addr0 = f"127.0.0.1:{ports[0]}"
-
-    def start(i: int, first_time: bool) -> NodeProc:
-        extra = ["-a", addr0] if (first_time and i) else []
-        return durable_node(tmp_path / f"n{i}", ports[i], "--timeout", "3", *extra).start()
+    addr0, start = three_durable(tmp_path, "--timeout", "3")
 
     nodes = [start(0, True), start(1, True), start(2, True)]
     try:
@@ -357,12 +361,7 @@ def test_a_member_back_from_a_short_stop_catches_up_without_a_snapshot(tmp_path)
     writes comes back behind the others' snapshots; they keep a margin of
     decided instances before each snapshot, so it fetches the entries it
     lacks rather than the whole store again."""
-    ports = [free_port() for _ in range(3)]
-    addr0 = f"127.0.0.1:{ports[0]}"
-
-    def start(i: int, first_time: bool) -> NodeProc:
-        extra = ["-a", addr0] if (first_time and i) else []
-        return durable_node(tmp_path / f"n{i}", ports[i], "--snap-revs", "50", *extra).start()
+    addr0, start = three_durable(tmp_path, "--snap-revs", "50")
 
     nodes = [start(0, True), start(1, True), start(2, True)]
     try:
