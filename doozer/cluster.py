@@ -504,6 +504,10 @@ class ClusterSequencer:
             self._kicked = False
         if more:
             self._kick()  # a thousand Readys in one go: the rest in a later pass
+        if r.notes:
+            for text in r.notes:
+                log.info("%s", text)
+            r.notes.clear()
         if self._nodes_dirty:
             self._refresh_peers()
         self._after_apply()

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from doozer.consensus import Config, DurableState, Replica
+from doozer.consensus import messages as M
 from doozer.consensus.ballot import ballot_of
 
 CFG = Config(election_timeout=1.0, alpha=4, member_timeout=10.0)
@@ -55,6 +56,7 @@ class Net:
         self.queue: list[tuple[str, str, bytes]] = []
         self.cut: set[tuple[str, str]] = set()
         self.sent: list[tuple[str, str, dict]] = []
+        self.drop_types: set[str] = set()  # message kinds the network loses
         self.membership: Callable[[Host], frozenset[str]] = lambda h: self.initial
         self.initial = frozenset(members if members is not None else ids)
         for h in self.hosts.values():
@@ -105,7 +107,10 @@ class Net:
             h = self.hosts.get(dst)
             if h is None or not h.up or (src, dst) in self.cut:
                 continue
-            h.r.receive(self.t, src, orjson.loads(data))
+            msg = orjson.loads(data)
+            if msg["t"] in self.drop_types:
+                continue
+            h.r.receive(self.t, src, msg)
             self.drain(h)
         assert n < limit, "message storm"
 
@@ -451,6 +456,40 @@ def test_read_index_needs_a_quorum_round() -> None:
     assert "r1" not in ld.reads
     net.run(3.0)  # check-quorum: it steps down, and fails the read
     assert not ld.r.is_leader and "r1" in ld.failed
+
+
+def test_votes_answer_for_check_quorum_and_role_changes_are_explained() -> None:
+    """A leader whose heartbeats go unanswered but whose accepts are voted on
+    is heard by its quorum: it keeps leading. Without either it steps down, and
+    says why; so do the followers that stop hearing from it."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.drop_types = {M.HEARTBEAT_OK}
+    for k in range(30):  # 3 s: three election timeouts
+        net.propose(ld, k)
+        net.run(0.1)
+    assert ld.r.is_leader
+    assert list(range(30)) == [x for x in net.items(ld) if isinstance(x, int)]
+    assert not [n for n in ld.r.notes if n.startswith("stepping down")]
+    net.run(3.0)  # no writes: nothing answers its heartbeats
+    assert not ld.r.is_leader
+    assert any(n.startswith("stepping down: no quorum answered within 1.0s") for n in ld.r.notes), (
+        ld.r.notes
+    )
+
+    net = Net(["a", "b", "c"], seed=2)
+    ld = net.elect()
+    net.run(0.5)
+    f = next(h for h in net.hosts.values() if h is not ld)
+    net.cut_off(f.id)
+    net.run(6.0)  # its pre-votes fail, again and again
+    said = [n for n in f.r.notes if n.startswith(f"no word from leader {ld.id}")]
+    assert len(said) == 1, f.r.notes  # once per silence, however many tries
+    assert ld.r.is_leader
+    f.r.campaign()
+    net.drain(f)
+    net.run(2.5)
+    assert any(n.endswith("won no quorum in time") for n in f.r.notes), f.r.notes
 
 
 def test_read_index_from_a_follower_is_relayed_and_covers_acknowledged_writes() -> None:

@@ -54,6 +54,12 @@ LEADER = "leader"
 
 _NEVER = -math.inf
 
+
+def _bs(b: Ballot) -> str:
+    """A ballot as the log shows it: round/node."""
+    return f"{b[0]}/{b[1]}"
+
+
 # What ready() hands back when there is nothing: shared, and immutable so that
 # a host that wrongly changed a Ready would fail loudly here.
 _EMPTY = Ready(*cast(Any, ((), (), (), (), (), None, (), (), ())))
@@ -272,6 +278,11 @@ class Replica:
         # per member: thrifty accepts it was asked to vote on and did not in
         # time (the leader then asked every member); for the host to report
         self.late_votes: dict[str, int] = {}
+        # Why this replica changed role, in words, for the host's log: an
+        # operator reading "stepping down: ..." needs no debugger. The host
+        # takes them (and clears the list) whenever it likes.
+        self.notes: list[str] = []
+        self._noted_contact = _NEVER  # last_leader_contact when we last said we lost it
         self._sched_ver = 0  # bumped when the schedule may have changed (caches below)
         self._newest_cache: tuple[Any, frozenset[str] | None] = (None, None)
         self._sets_cache: tuple[Any, list[frozenset[str]]] = (None, [])
@@ -334,6 +345,7 @@ class Replica:
             rnd = self.rnd
             assert rnd is not None
             if now >= rnd.deadline:
+                self._say(f"campaign at ballot {_bs(rnd.ballot)} won no quorum in time")
                 self._back_off()
             elif now >= rnd.next_resend:
                 rnd.next_resend = now + self.cfg.heartbeat_interval
@@ -347,6 +359,13 @@ class Replica:
                 self._back_off()
         elif now >= self.election_at:
             if self._eligible():
+                lead = self.leader
+                if lead not in (None, self.id) and self.last_leader_contact != self._noted_contact:
+                    self._noted_contact = self.last_leader_contact  # once per silence
+                    self._say(
+                        f"no word from leader {lead} for "
+                        f"{now - self.last_leader_contact:.1f}s: asking for pre-votes"
+                    )
                 self._start_prevote()
             else:
                 self.election_at = now + self._rand_timeout()
@@ -577,6 +596,12 @@ class Replica:
         if rec[0] in ("m", "s", "c"):
             self._sched_ver += 1
 
+    def _say(self, text: str) -> None:
+        notes = self.notes
+        notes.append(text)
+        if len(notes) > 64:  # a host that never reads them (a test) keeps the newest
+            del notes[:32]
+
     def _send(self, to: str, msg: dict) -> None:
         if to != self.id:
             (self._early if msg["t"] in _EARLY else self._msgs).append((to, msg))
@@ -774,6 +799,7 @@ class Replica:
         if self.role in (LEADER, CANDIDATE):
             assert self.rnd is not None
             if self.rnd.ballot < b:
+                self._say(f"stepping down: ballot {_bs(b)} is above ours")
                 self._step_down()
         elif self.role == PRECANDIDATE:
             self._back_off()
@@ -827,6 +853,7 @@ class Replica:
         b: Ballot = (max(self.max_round, self.ds.promised[0]) + 1, self.id)
         self.max_round = b[0]
         self.pv = None
+        self._say(f"campaigning at ballot {_bs(b)}")
         self._record(["p", wire(b)])
         if self.leader == self.id:
             self.leader = None
@@ -1182,6 +1209,12 @@ class Replica:
             recent = {x for x, t in ack_time.items() if now - t < et}
             recent.add(self.id)
             if not has_quorums(recent, self._sets(self.commit + 1)):
+                quiet = ", ".join(
+                    f"{x} {now - ack_time[x]:.1f}s" if x in ack_time else f"{x} never"
+                    for x in targets
+                    if x not in recent
+                )
+                self._say(f"stepping down: no quorum answered within {et:.1f}s (silent: {quiet})")
                 self._step_down()
                 return
         self._check_suspects()
@@ -1353,6 +1386,7 @@ class Replica:
         if self.role in (LEADER, CANDIDATE):
             assert self.rnd is not None
             if self.rnd.ballot < b:
+                self._say(f"stepping down: {x} promised ballot {_bs(b)}, above ours")
                 self._step_down()
 
     def _on_accept(self, x: str, m: dict) -> None:
@@ -1385,6 +1419,8 @@ class Replica:
                 # there, so that one stall (a snapshot) does not outweigh many.
                 took = min(self.now - sent, self._thrifty_wait())
                 ld.own_avg += (took - ld.own_avg) * 0.1
+        if x != self.id:
+            ld.ack_time[x] = self.now  # a vote under our ballot: alive, as a heartbeat's answer
         p = ld.props.get(i)
         if p is None:
             return
@@ -1531,6 +1567,7 @@ class Replica:
         self.fetch_until = self.now + 2 * self._et()
         self.next_keepalive = self.fetch_until
         if self.role in (LEADER, CANDIDATE):
+            self._say(f"stepping down: {x} holds a newer snapshot")
             self._step_down()
 
     def _on_timeout_now(self, x: str, m: dict) -> None:
