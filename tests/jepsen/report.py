@@ -119,7 +119,7 @@ def text(
     )
     out.append(
         "longest window without an acknowledged write, per nemesis: with any other fault"
-        " overlapping / with none, and when that began (worst heal->write):"
+        " overlapping / with none, and when the latter began (worst heal->write):"
     )
     for name, d in s["availability"]["per_nemesis"].items():
         extra = f", {d['unrecovered']} never recovered" if d["unrecovered"] else ""
