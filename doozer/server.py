@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._out_bytes = 0
         self._in_data = False
         self._flush_scheduled = False
+        self._eof = False  # the client has sent all it will (a half-close)
 
     # -- transport events -------------------------------------------------
 
@@ -135,6 +136,19 @@ class Connection(asyncio.Protocol):
             if call.cancel is not None:
                 call.cancel()
             call.done = True
+
+    def eof_received(self) -> bool:
+        """The client will send nothing more: `printf ... | nc -N` half-closes
+        after its last line, while its writes are still being decided. Answer
+        every request read (a last line without its newline too), and close
+        once none is outstanding; a WATCH or WAIT goes on until it ends or the
+        client goes. (Closing at once, asyncio's default, dropped the answers.)"""
+        self._eof = True
+        if self.buf.pending():
+            self.data_received(b"\n")
+        else:
+            self._flush()
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -284,6 +298,8 @@ class Connection(asyncio.Protocol):
         out = self._out
         t = self.transport
         if not out:
+            if self._eof and self.inflight == 0:
+                self.close()
             return
         if t is None or self.closed:
             out.clear()
@@ -298,6 +314,8 @@ class Connection(asyncio.Protocol):
             log.warning("client %s dropped: %d bytes of output unread", self.peer, HARD_BACKLOG)
             self.closed = True
             t.abort()
+        elif self._eof and self.inflight == 0:
+            self.close()  # half-closed and all answered: close once written
 
     def _update_reading(self) -> None:
         t = self.transport

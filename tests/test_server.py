@@ -285,6 +285,59 @@ def test_abrupt_disconnects_do_not_hurt(node):
         assert r.call({"verb": "GET", "path": "/ab"})["value"] == "1"
 
 
+def _half_close(port: int, data: bytes, timeout: float = 10.0) -> list[dict]:
+    """Send `data`, shut our side (as `printf ... | nc -N` does), read to EOF."""
+    import json
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):  # the node closes once all is answered
+            got += chunk
+    finally:
+        s.close()
+    return [json.loads(line) for line in got.splitlines()]
+
+
+def test_a_half_closed_connection_gets_every_answer_then_is_closed(node):
+    """`printf 'SET..\nSET..\nGET..\n' | nc -N`: the client shuts its side
+    right after the last line, while the writes are still being decided."""
+    a, b = fresh(), fresh()
+    got = _half_close(
+        node.port,
+        b'{"verb":"SET","path":"%s","value":"1"}\n{"tag":2,"verb":"SET","path":"%s","value":"2"}\n'
+        b'{"tag":3,"verb":"GET","path":"%s"}\n{"verb":"NOSUCH"}\n'
+        % (a.encode(), b.encode(), a.encode()),
+    )
+    assert len(got) == 4, got
+    assert {r.get("tag") for r in got} == {None, 2, 3}
+    assert [r["err_code"] for r in got if "err_code" in r] == ["UNKNOWN_VERB"]
+    sets = [r for r in got if r.get("tag") in (None, 2) and "rev" in r and "value" not in r]
+    assert len(sets) == 2
+    # a last request without its newline is a request too
+    got = _half_close(node.port, b'{"verb":"GET","path":"%s"}' % b.encode())
+    assert got[0]["value"] == "2"
+    assert _half_close(node.port, b"") == []
+
+
+def test_a_half_closed_connection_keeps_its_wait(node):
+    p = fresh()
+    s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+    try:
+        s.sendall(b'{"tag":"w","verb":"WAIT","path":"%s"}\n' % p.encode())
+        s.shutdown(socket.SHUT_WR)
+        with Raw(node.addr) as r:
+            rev = r.call({"verb": "SET", "path": p, "value": "x"})["rev"]
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    finally:
+        s.close()
+    assert got.count(b"\n") == 1 and b'"tag":"w"' in got and b'"rev":%d' % rev in got
+
+
 def test_readme_netcat_session(node):
     """The README's netcat session, verbatim, on a node of its own."""
     import re
