@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -31,3 +32,29 @@ def tune_gc() -> None:
     cluster here, and no full-collection pauses over a big tree."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def raise_fd_limit() -> tuple[int, int] | None:
+    """Every client connection (and each watcher on it), peer link and data
+    file is a file descriptor, and the usual soft limit is 1024 (systemd's
+    default) under a hard limit of 524288: a fleet's clients would run out
+    of descriptors at about a thousand. Raise the soft limit to the hard
+    one, as Go programs such as etcd do at start. Returns (before, after)
+    when it was raised."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:
+        want = 1 << 20  # the kernel's default ceiling (fs.nr_open)
+        with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/nr_open") as f:
+            want = int(f.read())
+    if soft != resource.RLIM_INFINITY and want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError):
+            return None
+        return soft, want
+    return None

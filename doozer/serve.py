@@ -206,6 +206,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from doozer import runtime
 
+    raised = runtime.raise_fd_limit()
+    if raised is not None:
+        log.info("open-file limit raised from %d to %d", *raised)
     try:
         return runtime.run_loop(_serve(args, host, port, secret))
     finally:

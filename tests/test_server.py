@@ -338,6 +338,32 @@ def test_a_half_closed_connection_keeps_its_wait(node):
     assert got.count(b"\n") == 1 and b'"tag":"w"' in got and b'"rev":%d' % rev in got
 
 
+_LOW_FD_LIMIT = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'doozer', *sys.argv[1:]])"
+)
+
+
+def test_more_clients_than_the_soft_fd_limit():
+    """Started under the usual soft limit (here 256 of a hard 4096), a node
+    raises it: 600 clients at once are all served."""
+    import sys
+
+    with NodeProc(cmd=[sys.executable, "-c", _LOW_FD_LIMIT]) as n:
+        socks = []
+        try:
+            for _ in range(600):
+                s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+                s.sendall(b'{"verb":"REV"}\n')
+                socks.append(s)
+            answered = sum(b'"rev"' in s.recv(4096) for s in socks)
+        finally:
+            for s in socks:
+                s.close()
+        assert answered == 600
+        assert "open-file limit raised from 256 to 4096" in n.log()
+
+
 def test_readme_netcat_session(node):
     """The README's netcat session, verbatim, on a node of its own."""
     import re
