@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,18 @@ MAX_INFLIGHT = 4096  # outstanding requests per connection before reading pauses
 WRITE_HIGH = 1 << 20  # pause reading while this much output waits
 WATCH_BACKLOG = 8 << 20  # a watcher whose output backs up this far is cut off
 HARD_BACKLOG = 64 << 20  # a connection whose output backs up this far is dropped
+FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
+FD_WARN_EVERY = 60.0  # s
+
+
+def _fd_limit() -> int:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return 1 << 30
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
 
 PeerAccept = Callable[[asyncio.Transport, dict, bytes], asyncio.Protocol | None]
 
@@ -125,6 +138,8 @@ class Connection(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if sock is not None:
+            self.server.check_fd(sock.fileno())
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self.server.connections.add(self)
 
@@ -358,6 +373,23 @@ class Server:
         # iteration: one callback for all, not one per connection.
         self._dirty: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Past the open-file limit new clients are refused in silence (the
+        # event loop closes what it cannot accept): say so before that.
+        self._fd_warn_at = _fd_limit() - FD_MARGIN
+        self._fd_warned = -FD_WARN_EVERY
+
+    def check_fd(self, fd: int) -> None:
+        # descriptors are handed out lowest first: a high one means few are left
+        if fd >= self._fd_warn_at:
+            now = time.monotonic()
+            if now - self._fd_warned >= FD_WARN_EVERY:
+                self._fd_warned = now
+                log.warning(
+                    "%d client connections: near the open-file limit (%d), new clients"
+                    " will be refused; raise it (LimitNOFILE=, ulimit -n)",
+                    len(self.connections),
+                    self._fd_warn_at + FD_MARGIN,
+                )
 
     def flush_soon(self, conn: Connection) -> None:
         dirty = self._dirty

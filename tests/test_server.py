@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import socket
+import time
 
 import pytest
 
@@ -362,6 +364,34 @@ def test_more_clients_than_the_soft_fd_limit():
                 s.close()
         assert answered == 600
         assert "open-file limit raised from 256 to 4096" in n.log()
+
+
+def test_running_out_of_descriptors_is_logged_and_survived():
+    """At the hard limit (256 here) new clients are refused; the node says so,
+    and serves again once clients leave."""
+    import sys
+
+    code = _LOW_FD_LIMIT.replace("(256, 4096)", "(256, 256)")
+    with NodeProc(cmd=[sys.executable, "-c", code]) as n:
+        socks = []
+        try:
+            for _ in range(300):
+                s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+                s.sendall(b'{"verb":"REV"}\n')
+                socks.append(s)
+            answered = 0
+            deadline = time.monotonic() + 20
+            for s in socks:  # a refused client is closed: recv ends at once
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                with contextlib.suppress(OSError):
+                    answered += b'"rev"' in s.recv(4096)
+        finally:
+            for s in socks:
+                s.close()
+        assert 150 < answered < 300
+        assert "near the open-file limit (256)" in n.log()
+        with Raw(n.addr) as r:
+            assert "rev" in r.call({"verb": "REV"})
 
 
 def test_readme_netcat_session(node):
