@@ -340,55 +340,51 @@ def test_a_half_closed_connection_keeps_its_wait(node):
     assert got.count(b"\n") == 1 and b'"tag":"w"' in got and b'"rev":%d' % rev in got
 
 
-_LOW_FD_LIMIT = (
-    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'doozer', *sys.argv[1:]])"
-)
+def _fd_limited_node(soft: int, hard: int) -> NodeProc:
+    """A node started under this open-file limit."""
+    import sys
+
+    code = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'doozer', *sys.argv[1:]])"
+    )
+    return NodeProc(cmd=[sys.executable, "-c", code])
+
+
+def _clients_answered(port: int, n: int) -> int:
+    """Open n connections at once, send REV on each: how many got an answer."""
+    socks = []
+    answered = 0
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b'{"verb":"REV"}\n')
+            socks.append(s)
+        deadline = time.monotonic() + 20
+        for s in socks:  # a refused client is closed: recv ends at once
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(OSError):
+                answered += b'"rev"' in s.recv(4096)
+    finally:
+        for s in socks:
+            s.close()
+    return answered
 
 
 def test_more_clients_than_the_soft_fd_limit():
     """Started under the usual soft limit (here 256 of a hard 4096), a node
     raises it: 600 clients at once are all served."""
-    import sys
-
-    with NodeProc(cmd=[sys.executable, "-c", _LOW_FD_LIMIT]) as n:
-        socks = []
-        try:
-            for _ in range(600):
-                s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
-                s.sendall(b'{"verb":"REV"}\n')
-                socks.append(s)
-            answered = sum(b'"rev"' in s.recv(4096) for s in socks)
-        finally:
-            for s in socks:
-                s.close()
-        assert answered == 600
+    with _fd_limited_node(256, 4096) as n:
+        assert _clients_answered(n.port, 600) == 600
         assert "open-file limit raised from 256 to 4096" in n.log()
 
 
 def test_running_out_of_descriptors_is_logged_and_survived():
     """At the hard limit (256 here) new clients are refused; the node says so,
     and serves again once clients leave."""
-    import sys
-
-    code = _LOW_FD_LIMIT.replace("(256, 4096)", "(256, 256)")
-    with NodeProc(cmd=[sys.executable, "-c", code]) as n:
-        socks = []
-        try:
-            for _ in range(300):
-                s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
-                s.sendall(b'{"verb":"REV"}\n')
-                socks.append(s)
-            answered = 0
-            deadline = time.monotonic() + 20
-            for s in socks:  # a refused client is closed: recv ends at once
-                s.settimeout(max(0.1, deadline - time.monotonic()))
-                with contextlib.suppress(OSError):
-                    answered += b'"rev"' in s.recv(4096)
-        finally:
-            for s in socks:
-                s.close()
-        assert 150 < answered < 300
+    with _fd_limited_node(256, 256) as n:
+        assert 150 < _clients_answered(n.port, 300) < 300
         assert "near the open-file limit (256)" in n.log()
         with Raw(n.addr) as r:
             assert "rev" in r.call({"verb": "REV"})
