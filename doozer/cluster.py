@@ -32,7 +32,7 @@ from doozer.consensus.messages import COMMIT, ENTRIES
 from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
-from doozer.peer import PeerHub
+from doozer.peer import PeerHub, join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import Proposal
 from doozer.storage import DataDir, StorageError
@@ -1196,7 +1196,7 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         if dd is not None:
             dd.close()
         return 1
-    node.addr = args.advertise or f"{bound_host}:{bound_port}"
+    node.addr = args.advertise or join_addr(bound_host, bound_port)
     if snap is not None:
         seq.node = node  # install before the replica starts following
         node.install_snapshot(snap)

@@ -50,6 +50,11 @@ def _default_log(line: str) -> None:
     _logger.warning("%s", line)
 
 
+def join_addr(host: str, port: int) -> str:
+    """(host, port) -> 'host:port', or '[v6]:port' for an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     """'host:port' or '[v6]:port' -> (host, port)."""
     host, sep, port = addr.rpartition(":")

@@ -14,6 +14,7 @@ import sys
 from doozer import protocol
 from doozer.mutation import SET, Mutation
 from doozer.node import Node
+from doozer.peer import join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import LocalSequencer
 from doozer.server import Server
@@ -255,7 +256,7 @@ async def _start_and_serve(
     except OSError as e:
         log.error("cannot listen on %s: %s", args.listen, e)
         return 1
-    node.addr = args.advertise or f"{bound_host}:{bound_port}"
+    node.addr = args.advertise or join_addr(bound_host, bound_port)
     node.start()
     tune_gc()
     await write_initial_ctl(node, args.cluster, args.cals)

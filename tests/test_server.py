@@ -390,6 +390,40 @@ def test_running_out_of_descriptors_is_logged_and_survived():
             assert "rev" in r.call({"verb": "REV"})
 
 
+def test_ipv6_node_advertises_a_bracketed_address():
+    """A node on [::1] says where it is as '[::1]:port', the form every
+    client and peer parses (not '::1:port')."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doozer", "serve", "-l", f"[::1]:{port}", "-w", "off", "--mem"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                c = socket.create_connection(("::1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        with c:
+            c.sendall(b'{"verb":"SELF"}\n')
+            assert b'"addr":"[::1]:%d"' % port in c.recv(4096)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_readme_netcat_session(node):
     """The README's netcat session, verbatim, on a node of its own."""
     import re
