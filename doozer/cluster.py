@@ -55,6 +55,7 @@ KEEP_DECIDED_BYTES = 16 << 20  # ... and their bytes; a peer further behind gets
 # fetches a few entries instead of the whole snapshot (etcd keeps 5000)
 KEEP_PAST_SNAPSHOT = 5_000
 KEEP_PAST_SNAPSHOT_BYTES = 2 << 20
+SNAP_RETRY_MAX = 60.0  # s between tries of a snapshot that keeps failing
 GRAVE_SLICE = 64  # obsolete decided batches freed per tick, at least
 RETRY_AFTER = 0.5  # s without progress before undecided proposals are proposed again
 JOIN_LINE_LIMIT = 1 << 30
@@ -227,6 +228,10 @@ class ClusterSequencer:
         self._lazy_since = 0.0
         self._inst_revs: list[tuple[int, int]] = []  # (instance, rev) recently applied
         self._snapshotting = False
+        # After a failed snapshot (a full disk), wait before the next try:
+        # each try writes the whole tree before it fails.
+        self._snap_backoff = 0.0
+        self._snap_retry_at = -math.inf
         self._filling = False
         self._snap_rev = 0
         # Members would all snapshot at the same revs, and so all pause
@@ -776,8 +781,12 @@ class ClusterSequencer:
         def done(err: str | None) -> None:
             self._snapshotting = False
             if err is not None:
-                log.error("snapshot failed: %s", err)
+                self._snap_backoff = min(SNAP_RETRY_MAX, max(1.0, 2 * self._snap_backoff))
+                assert self._loop is not None
+                self._snap_retry_at = self._loop.time() + self._snap_backoff
+                log.error("snapshot failed: %s; trying again in %.0fs", err, self._snap_backoff)
                 return
+            self._snap_backoff = 0.0
             # Not past the snapshot (a compaction ahead of it would lose
             # decided instances at the next restart), and not the margin
             # kept for peers just behind it.
@@ -800,6 +809,9 @@ class ClusterSequencer:
         dd, node = self.datadir, self.node
         if dd is None or node is None or self.disk_error or self._snapshotting:
             return
+        loop = self._loop
+        if self._snap_backoff and loop is not None and loop.time() < self._snap_retry_at:
+            return  # the last one failed: not yet
         logged = dd.log_bytes_since_snapshot()
         # A big tree's snapshot costs more than a few thousand revs of log:
         # wait until the log since the last one is half its size, so writing

@@ -188,6 +188,9 @@ class _FakeLoop:
     def time(self) -> float:
         return self.t
 
+    def call_soon(self, fn, *args):  # type: ignore[no-untyped-def]
+        pass  # nothing here runs callbacks
+
 
 def test_a_new_leader_times_followers_silence_from_when_it_took_over() -> None:
     """Followers talk to the leader of the day; a node that heard one long ago,
@@ -219,6 +222,45 @@ def test_a_new_leader_times_followers_silence_from_when_it_took_over() -> None:
     loop.t = 109.0  # now silent for 9 s under this leadership
     s.check_followers(8.0)
     assert removed == ["/ctl/node/f/addr"]
+
+
+def test_a_failing_snapshot_is_tried_again_later_not_at_every_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a full disk each snapshot try writes the whole tree and fails. The
+    tries back off (1 s, 2 s, ... 60 s) instead of following every write,
+    and a success resets the wait."""
+    from types import SimpleNamespace
+
+    from doozer.store import Store
+
+    s = _sequencer("a" * 16, 10)
+    loop = _FakeLoop()
+    s._loop = loop  # type: ignore[assignment]
+    store = Store()
+    s.node = SimpleNamespace(store=store, snapshot=lambda: {})  # type: ignore[assignment]
+    s.datadir = SimpleNamespace(  # type: ignore[assignment]
+        log_bytes_since_snapshot=lambda: 1 << 30, snapshot_bytes=0
+    )
+    outcome = ["no space left on device"]
+    tries: list[float] = []
+
+    def snapshot(snap: dict, done) -> None:  # type: ignore[no-untyped-def]
+        tries.append(loop.t)
+        done(outcome[0])
+
+    s.disk = SimpleNamespace(snapshot=snapshot, submit=lambda *a: None)  # type: ignore[assignment]
+    caplog.set_level(logging.ERROR, logger="doozer")
+    for k in range(400):  # a write every 0.1 s for 40 s
+        loop.t = k * 0.1
+        store.apply(Mutation(SET, "/k", -1, b"v"))
+        s._maybe_snapshot()
+    assert [round(t) for t in tries] == [0, 1, 3, 7, 15, 31]
+    assert "trying again in 16s" in caplog.records[-2].getMessage()
+    outcome[0] = None  # the disk has room again
+    loop.t = 70.0
+    s._maybe_snapshot()
+    assert tries[-1] == 70.0 and s._snap_backoff == 0.0
 
 
 def test_an_early_tick_for_a_time_already_past_is_armed_and_rearmed_safely() -> None:
