@@ -34,6 +34,7 @@ MAX_INFLIGHT = 4096  # outstanding requests per connection before reading pauses
 WRITE_HIGH = 1 << 20  # pause reading while this much output waits
 WATCH_BACKLOG = 8 << 20  # a watcher whose output backs up this far is cut off
 HARD_BACKLOG = 64 << 20  # a connection whose output backs up this far is dropped
+LINGER = 0.5  # s a shutting-down node waits for clients to close after its FIN
 FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
 FD_WARN_EVERY = 60.0  # s
 
@@ -125,6 +126,7 @@ class Connection(asyncio.Protocol):
         self._in_data = False
         self._flush_scheduled = False
         self._eof = False  # the client has sent all it will (a half-close)
+        self._draining = False  # shutting down: our side is shut, input is dropped
 
     # -- transport events -------------------------------------------------
 
@@ -158,6 +160,8 @@ class Connection(asyncio.Protocol):
         every request read (a last line without its newline too), and close
         once none is outstanding; a WATCH or WAIT goes on until it ends or the
         client goes. (Closing at once, asyncio's default, dropped the answers.)"""
+        if self._draining:
+            return False  # it has read our answers and closed: close
         self._eof = True
         if self.buf.pending():
             self.data_received(b"\n")
@@ -174,6 +178,8 @@ class Connection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return  # shutting down: read only so that closing sends no RST
         if self.first:
             nl = data.find(b"\n")
             if nl >= 0 and self._maybe_peer(data[:nl], data[nl + 1 :]):
@@ -300,7 +306,7 @@ class Connection(asyncio.Protocol):
         return self._out_bytes + (t.get_write_buffer_size() if t is not None else 0)
 
     def write(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._draining:
             return
         self._out.append(data)
         self._out_bytes += len(data)
@@ -347,6 +353,24 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+    def finish(self) -> None:
+        """Shutdown: send what is answered, then shut our side (FIN), and drop
+        whatever the client still sends until it closes. Closing with unread
+        input would send an RST instead, and the client's kernel would throw
+        away answers its application had not read yet (acks of writes among
+        them)."""
+        t = self.transport
+        if t is None or self.closed or self._draining:
+            return
+        self._flush()
+        self._draining = True
+        self._out.clear()
+        if t.can_write_eof() and not t.is_closing():
+            t.write_eof()
+            t.resume_reading()  # even if paused for backlog: drain to EOF
+        else:
+            t.close()
 
 
 class Server:
@@ -427,9 +451,18 @@ class Server:
         if self._server is not None:
             self._server.close()
 
-    async def close(self) -> None:
+    async def close(self, linger: float = LINGER) -> None:
         self.stop_accepting()
-        for conn in list(self.connections):
+        conns = list(self.connections)
+        for conn in conns:
+            conn.finish()
+        # Clients that read what we sent close when they see our FIN; give
+        # them a moment, then close the rest.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + linger
+        while loop.time() < end and any(not c.closed for c in conns):
+            await asyncio.sleep(0.01)
+        for conn in conns:
             conn.close()
         if self._server is not None:
             try:

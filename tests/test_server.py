@@ -477,6 +477,46 @@ def test_sigterm_exits_zero_with_inflight_wait():
         assert "shutting down" in n.log()
 
 
+def test_sigterm_under_pipelined_writes_ends_with_eof_not_reset():
+    """A client pipelining writes into a node that is being stopped gets every
+    answer the node wrote, then EOF. Closing with its requests unread used to
+    send an RST, and the client's kernel dropped answers not yet read."""
+    import json
+    import signal
+    import threading
+
+    for _ in range(3):
+        n = NodeProc().start()
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        stop = threading.Event()
+
+        def send(s: socket.socket = s, stop: threading.Event = stop) -> None:
+            i = 0
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and i < 20_000:
+                    s.sendall(b'{"tag":%d,"verb":"SET","path":"/p/%d","value":"v"}\n' % (i, i % 9))
+                    i += 1
+                    time.sleep(0.0005)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got = b""
+        try:
+            while len(got) < 20_000:  # some answers first
+                got += s.recv(65536)
+            n.signal(signal.SIGTERM)
+            while chunk := s.recv(65536):
+                got += chunk
+        finally:
+            stop.set()
+            sender.join()
+            s.close()
+            assert n.stop() == 0
+        lines = got.splitlines()
+        assert len(lines) > 100
+        assert all("tag" in json.loads(line) for line in lines)
+
+
 def test_watcher_that_never_reads_is_cut_off_and_others_finish(node):
     """200 concurrent connections doing mixed work, one a watcher that never
     reads: node memory stays bounded and the others finish."""
