@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -166,6 +167,26 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _cannot_listen(addr: str) -> str | None:
+    """Why `addr` is certainly not free to listen on (in use, not ours, not
+    allowed), else None; anything less clear is left to the real bind."""
+    try:
+        host, port = split_addr(addr)
+    except ValueError:
+        return None  # the real start-up says what is wrong with it
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                return os.strerror(e.errno)
+    return None
+
+
 def read_secret(args: argparse.Namespace) -> bytes | None:
     if args.secret_file:
         with open(args.secret_file, "rb") as f:
@@ -205,6 +226,16 @@ def run(args: argparse.Namespace) -> int:
     if args.advertise is None and host in ("0.0.0.0", "::", ""):
         log.error("listening on %s needs --advertise ADDR", args.listen)
         return 2
+    # A port in use is found now, not after joining the cluster (which
+    # writes this node's /ctl/node entries) or creating the data dir.
+    # (The default web address is let go with a warning if taken, later.)
+    for what, addr in (("", args.listen), ("web viewer: ", args.web)):
+        if addr is None or addr == "off":
+            continue
+        why = _cannot_listen(addr)
+        if why is not None:
+            log.error("%scannot listen on %s: %s", what, addr, why)
+            return 1
     from doozer import runtime
 
     raised = runtime.raise_fd_limit()

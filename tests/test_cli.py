@@ -228,6 +228,27 @@ def test_serve_refuses_mem_with_a_data_dir(tmp_path: Any) -> None:
     assert not d.exists()
 
 
+def test_serve_with_a_port_in_use_stops_before_joining(tmp_path: Any) -> None:
+    """A taken client port, or a taken web port given explicitly, stops the
+    node before it joins anyone or creates its data dir."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        for flags, said in (
+            (["-l", addr, "-w", "off"], f"cannot listen on {addr}: Address already in use"),
+            (["-l", "127.0.0.1:0", "-w", addr], f"web viewer: cannot listen on {addr}"),
+        ):
+            d = tmp_path / "data"
+            argv = ["serve", *flags, "-d", str(d), "-a", dead_addr()]
+            status, _, err = subprocess_run(argv, b"", {})
+            assert status == 1 and said in err, err
+            assert "join" not in err and not d.exists()
+
+
 def test_all_vote_turns_thrifty_accepts_off() -> None:
     from doozer.cluster import make_config
 
