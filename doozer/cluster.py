@@ -283,7 +283,8 @@ class ClusterSequencer:
         self._kept: deque[tuple[int, int]] = deque()  # (instance, bytes) still in the log
         self._kept_bytes = 0
         self._forget_upto = 0  # a durable member's snapshots may compact up to here
-        self._hello_addrs: dict[str, str] = {}
+        # node id -> (address from its peer hello, our rev when it said so)
+        self._hello_addrs: dict[str, tuple[str, int]] = {}
         self.on_change: list[Callable[[], None]] = []
         # Writes out what applying queued for clients (the server's replies
         # and watch events) now, rather than in a later loop callback.
@@ -328,13 +329,18 @@ class ClusterSequencer:
         assert self.hub is not None
         proto = self.hub.accept_inbound(transport, hello, rest)
         if proto is not None:
-            # A joiner talks to us before its /ctl/node entries exist: answer
-            # it at the address it introduced itself with.
+            # A joiner talks to us before its /ctl/node entries exist, and a
+            # member restarted at a new address before it could rewrite its
+            # entry (which needs a leader it cannot hear until we dial it
+            # there): answer it at the address it introduced itself with.
             nid, addr = hello.get("node"), hello.get("addr")
             fresh = isinstance(nid, str) and isinstance(addr, str) and addr
-            if fresh and self._hello_addrs.get(nid) != addr:
-                self._hello_addrs[nid] = addr
-                self._refresh_peers()
+            known = self._hello_addrs.get(nid) if isinstance(nid, str) else None
+            if fresh and (known is None or known[0] != addr):
+                rev = self.node.store.rev if self.node is not None else 0
+                self._hello_addrs[nid] = (addr, rev)
+                if self.node is not None:
+                    self._refresh_peers()
         return proto
 
     def propose(self, p: Proposal) -> None:
@@ -934,7 +940,8 @@ class ClusterSequencer:
         node = self.node
         assert node is not None and self.hub is not None
         self._nodes_dirty = False
-        addrs = dict(self._hello_addrs)
+        hellos = self._hello_addrs
+        addrs = {nid: a for nid, (a, _) in hellos.items()}
         try:
             ids = node.store.getdir("/ctl/node")
         except DoozerError:
@@ -943,10 +950,12 @@ class ClusterSequencer:
             if nid == self.node_id:
                 continue
             try:
-                addr = node.store.get(f"/ctl/node/{nid}/addr")[0].decode()
+                value, rev = node.store.get(f"/ctl/node/{nid}/addr")
             except DoozerError:
                 continue
-            if addr:
+            addr = value.decode()
+            # whichever the node said last: its entry, or a hello since
+            if addr and (nid not in hellos or rev > hellos[nid][1]):
                 addrs[nid] = addr
         try:
             self.hub.set_peers(addrs)

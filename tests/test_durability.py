@@ -303,6 +303,42 @@ def test_dead_member_loses_its_slot_and_reclaims_it_after_restart(tmp_path):
             n.stop()
 
 
+def test_a_member_restarted_at_a_new_address_is_a_member_again(tmp_path):
+    """A member comes back from its data dir at another address (a machine
+    rescheduled with a new IP). The leader must dial it there at once: it
+    cannot rewrite its own /ctl/node address until it hears a leader. Then the
+    other follower dies, and the leader and the moved member are the quorum."""
+    _, start = three_durable(tmp_path)
+    nodes = [start(0, True), start(1, True), start(2, True)]
+    try:
+        wait_for(
+            lambda: (
+                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+                == ["leader", "member", "member"]
+            ),
+            30,
+            "three members in force",
+        )
+        leader = next(n for n in nodes if call(n.addr, {"verb": "SELF"})["role"] == "leader")
+        moved, other = [n for n in nodes if n is not leader]
+        mid = call(moved.addr, {"verb": "SELF"})["value"]
+        moved.stop()
+        new = durable_node(tmp_path / f"n{nodes.index(moved)}", free_port()).start()
+        nodes[nodes.index(moved)] = new
+        assert call(new.addr, {"verb": "SELF"})["value"] == mid
+        hears = lambda: call(new.addr, {"verb": "SELF"}).get("leader")  # noqa: E731
+        wait_for(hears, 10, "the moved member hears a leader")
+        other.kill()
+        r = call(new.addr, {"verb": "SET", "path": "/after-move", "value": "1", "timeout": 10})
+        assert "rev" in r, r
+        path = f"/ctl/node/{mid}/addr"
+        moved_entry = lambda: call(leader.addr, {"verb": "GET", "path": path})["value"]  # noqa: E731
+        wait_for(lambda: moved_entry() == new.addr, 10, "the moved member's address rewritten")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
 def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
     import os
     import subprocess
