@@ -34,6 +34,17 @@ def three_durable(tmp_path: Path, *flags: str) -> tuple[str, Callable[[int, bool
     return addr0, start
 
 
+def wait_three_members(nodes: list[NodeProc]) -> None:
+    wait_for(
+        lambda: (
+            sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+            == ["leader", "member", "member"]
+        ),
+        30,
+        "three members in force",
+    )
+
+
 class Writer:
     """Writes unique files as fast as it can, remembering what was acknowledged."""
 
@@ -271,14 +282,7 @@ def test_dead_member_loses_its_slot_and_reclaims_it_after_restart(tmp_path):
 
     nodes = [start(0, True), start(1, True), start(2, True)]
     try:
-        wait_for(
-            lambda: (
-                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-                == ["leader", "member", "member"]
-            ),
-            30,
-            "three members in force",
-        )
+        wait_three_members(nodes)
         victim = next(n for n in nodes if call(n.addr, {"verb": "SELF"})["role"] == "member")
         vid = call(victim.addr, {"verb": "SELF"})["value"]
         healthy = [call(n.addr, {"verb": "SELF"})["value"] for n in nodes if n is not victim]
@@ -311,14 +315,7 @@ def test_a_member_restarted_at_a_new_address_is_a_member_again(tmp_path):
     _, start = three_durable(tmp_path)
     nodes = [start(0, True), start(1, True), start(2, True)]
     try:
-        wait_for(
-            lambda: (
-                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-                == ["leader", "member", "member"]
-            ),
-            30,
-            "three members in force",
-        )
+        wait_three_members(nodes)
         leader = next(n for n in nodes if call(n.addr, {"verb": "SELF"})["role"] == "leader")
         moved, other = [n for n in nodes if n is not leader]
         mid = call(moved.addr, {"verb": "SELF"})["value"]
