@@ -285,6 +285,7 @@ class ClusterSequencer:
         self._forget_upto = 0  # a durable member's snapshots may compact up to here
         # node id -> (address from its peer hello, our rev when it said so)
         self._hello_addrs: dict[str, tuple[str, int]] = {}
+        self._dup_warned: dict[str, float] = {}  # node id -> when we last warned
         self.on_change: list[Callable[[], None]] = []
         # Writes out what applying queued for clients (the server's replies
         # and watch events) now, rather than in a later loop callback.
@@ -327,6 +328,15 @@ class ClusterSequencer:
 
     def accept_peer(self, transport: Any, hello: dict, rest: bytes) -> asyncio.Protocol | None:
         assert self.hub is not None
+        nid = hello.get("node")
+        # Its current inbound link alive (it spoke within the last second), as
+        # opposed to left half-open by a machine that died without a word.
+        live = (
+            isinstance(nid, str)
+            and self.hub.has_inbound(nid)
+            and self._loop is not None
+            and self._loop.time() - self.replica.heard.get(nid, -math.inf) < 1.0
+        )
         proto = self.hub.accept_inbound(transport, hello, rest)
         if proto is not None:
             # A joiner talks to us before its /ctl/node entries exist, and a
@@ -337,11 +347,28 @@ class ClusterSequencer:
             fresh = isinstance(nid, str) and isinstance(addr, str) and addr
             known = self._hello_addrs.get(nid) if isinstance(nid, str) else None
             if fresh and (known is None or known[0] != addr):
+                if live and known is not None:
+                    # Still talking from the old address: not a restart
+                    # elsewhere but two processes with one id, say a data
+                    # dir copied to a second machine. They undo each other.
+                    self._warn_duplicate(nid, known[0], addr)
                 rev = self.node.store.rev if self.node is not None else 0
                 self._hello_addrs[nid] = (addr, rev)
                 if self.node is not None:
                     self._refresh_peers()
         return proto
+
+    def _warn_duplicate(self, nid: str, a: str, b: str) -> None:
+        now = time.monotonic()
+        if now - self._dup_warned.get(nid, -math.inf) >= 60.0:
+            self._dup_warned[nid] = now
+            log.warning(
+                "node %s is connected from %s and now also %s: two nodes with one id"
+                " (a copied data dir?) break consensus; stop one",
+                nid,
+                a,
+                b,
+            )
 
     def propose(self, p: Proposal) -> None:
         self._undecided[p.seq] = p

@@ -431,6 +431,10 @@ class PeerHub:
             proto.data_received(rest)
         return proto
 
+    def has_inbound(self, node: str) -> bool:
+        """An inbound link from `node` is open."""
+        return node in self._inbound
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per node id (outbound peers and inbound senders): addr, connected
         (outbound link up), inbound (an inbound link is open), queued_msgs,

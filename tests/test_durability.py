@@ -331,7 +331,35 @@ def test_a_member_restarted_at_a_new_address_is_a_member_again(tmp_path):
         path = f"/ctl/node/{mid}/addr"
         moved_entry = lambda: call(leader.addr, {"verb": "GET", "path": path})["value"]  # noqa: E731
         wait_for(lambda: moved_entry() == new.addr, 10, "the moved member's address rewritten")
+        assert not any("two nodes with one id" in n.log() for n in nodes)  # a move, not a twin
     finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_two_nodes_with_one_id_are_reported(tmp_path):
+    """A member's data dir copied and started twice (two machines, one id)
+    breaks consensus; its peers cannot tell which is which, but they can see
+    one id connected from two addresses at once, and say so."""
+    import shutil
+
+    _, start = three_durable(tmp_path)
+    nodes = [start(0, True), start(1, True), start(2, True)]
+    twin = None
+    try:
+        wait_three_members(nodes)
+        nodes[2].stop()
+        shutil.copytree(tmp_path / "n2", tmp_path / "twin")
+        nodes[2] = start(2, False)
+        twin = durable_node(tmp_path / "twin", free_port()).start()
+
+        def reported() -> bool:
+            return any("two nodes with one id" in n.log() for n in nodes[:2])
+
+        wait_for(reported, 15, "a peer reports the duplicate id")
+    finally:
+        if twin is not None:
+            twin.kill()
         for n in nodes:
             n.stop()
 
