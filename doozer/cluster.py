@@ -1340,13 +1340,16 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                     log.warning("cannot join through %s: %s; retrying", addr, e or type(e).__name__)
                 continue
             if info["name"] != args.cluster:
-                log.error(
-                    "%s belongs to cluster %r, not %r (-c); refusing to join",
-                    addr,
-                    info["name"],
-                    args.cluster,
-                )
-                return None
+                if not getattr(args, "cluster_explicit", True):
+                    args.cluster = info["name"]  # no -c given: the peer's cluster it is
+                else:
+                    log.error(
+                        "%s belongs to cluster %r, not %r (-c); refusing to join",
+                        addr,
+                        info["name"],
+                        args.cluster,
+                    )
+                    return None
             if not info.get("id"):
                 log.error("%s is not running a cluster that can be joined", addr)
                 return None

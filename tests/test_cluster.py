@@ -180,7 +180,7 @@ def test_five_nodes():
         assert "rev" in write(c.nodes[0].addr, "/five2", "x", timeout=10)
 
 
-def test_joining_node_refuses_other_cluster_name():
+def test_joining_node_refuses_other_cluster_name_and_takes_the_peers_without_c():
     with Cluster(1) as c:
         from tests.nodeproc import NodeProc
 
@@ -193,6 +193,13 @@ def test_joining_node_refuses_other_cluster_name():
             assert "refusing to join" in n.log()
         finally:
             n.kill()
+    # Without -c a joiner takes the cluster of the peer it was pointed at.
+    with Cluster(1, "-c", "alpha") as c:
+        from tests.nodeproc import NodeProc
+
+        with NodeProc("-a", c.nodes[0].addr) as n:
+            assert "joined cluster 'alpha'" in n.log()
+            assert "rev" in write(n.addr, "/joined-alpha", "x", timeout=10)
 
 
 class Proxy:
