@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -226,6 +227,14 @@ def run(args: argparse.Namespace) -> int:
     if args.advertise is None and host in ("0.0.0.0", "::", ""):
         log.error("listening on %s needs --advertise ADDR", args.listen)
         return 2
+    own = {(host, port)}
+    if args.advertise:
+        own.add(split_addr(args.advertise))
+    for a in args.attach or ():
+        with contextlib.suppress(ValueError):  # a bad -a is reported where it is dialed
+            if split_addr(a) in own:
+                log.error("-a %s is this node's own address: leave -a out to start a cluster", a)
+                return 2
     # A port in use is found now, not after joining the cluster (which
     # writes this node's /ctl/node entries) or creating the data dir.
     # (The default web address is let go with a warning if taken, later.)

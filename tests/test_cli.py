@@ -249,6 +249,15 @@ def test_serve_with_a_port_in_use_stops_before_joining(tmp_path: Any) -> None:
             assert "join" not in err and not d.exists()
 
 
+def test_serve_refuses_to_join_itself(tmp_path: Any) -> None:
+    """-a with the node's own address would retry for ever: say what is wrong."""
+    d = tmp_path / "data"
+    argv = ["serve", "-l", "127.0.0.1:18999", "-w", "off", "-d", str(d), "-a", "127.0.0.1:18999"]
+    status, _, err = subprocess_run(argv, b"", {})
+    assert status == 2 and "is this node's own address" in err, err
+    assert not d.exists()
+
+
 def test_all_vote_turns_thrifty_accepts_off() -> None:
     from doozer.cluster import make_config
 
