@@ -77,6 +77,7 @@ class Node:
         self._rev_waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._counter = itertools.count()
         self._event_hooks: list[Callable[[Event], None]] = []
+        self._reset_hooks: list[Callable[[], None]] = []  # told when events were skipped
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -103,6 +104,11 @@ class Node:
 
     def on_event(self, hook: Callable[[Event], None]) -> None:
         self._event_hooks.append(hook)
+
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        """`hook()` when the store jumped past events no hook was given (a
+        snapshot installed over a running node): start again from the store."""
+        self._reset_hooks.append(hook)
 
     def now(self) -> float:
         assert self._clock is not None
@@ -485,12 +491,21 @@ class Node:
                         if state["done"]:
                             return
                 from_rev = store.rev + 1
-            state["sub"] = self.watches.subscribe(glob, from_rev, deliver, once)
+            state["sub"] = self.watches.subscribe(glob, from_rev, deliver, once, lost)
 
         def cancel() -> None:
             if not state["done"]:
                 finish()
                 call.fail(errors.CANCELLED, "cancelled")
+
+        def lost() -> None:
+            if not state["done"]:
+                finish()
+                call.fail(
+                    errors.TOO_LATE,
+                    f"this node caught up from a snapshot at rev {self.store.rev}: changes"
+                    " since this watch's last event are no longer held; read, then watch again",
+                )
 
         def expire() -> None:
             if not state["done"]:
@@ -541,10 +556,32 @@ class Node:
     def install_snapshot(self, snap: dict[str, Any]) -> None:
         """Replace this node's state with a snapshot (a joiner, or a node too
         far behind to catch up from the log)."""
+        before = self.store.rev
         store = Store.restore(snap["store"], hist=self.store.hist, hist_bytes=self.store.hist_bytes)
         self.store = store
         self._origins = {o: int(s) for o, s in snap["origins"]}
+        if store.rev > before:
+            self._bridge(before)
         self._wake_rev_waiters()
+
+    def _bridge(self, before: int) -> None:
+        """The store jumped from rev `before` to a snapshot's: give watchers
+        the events between from its history, or, if it no longer holds them
+        all, end every watch with TOO_LATE rather than let it skip changes in
+        silence (a WATCH promises every change)."""
+        try:
+            events = self.store.events_from(before + 1)
+        except errors.TooLate:
+            events = None
+        if events is not None:
+            for ev in events:
+                self.watches.publish(ev)
+                for hook in self._event_hooks:
+                    hook(ev)
+            return
+        self.watches.lose_all()
+        for reset in self._reset_hooks:
+            reset()
 
     def _snapshot(self, req: Request, call: Call) -> None:
         """SNAPSHOT: the node's state at one rev, in one line (backup, joining)."""

@@ -27,16 +27,23 @@ def event_body(ev: Event) -> bytes:
 
 
 class Subscription:
-    __slots__ = ("active", "deliver", "glob", "min_rev", "once", "registry")
+    __slots__ = ("active", "deliver", "glob", "lost", "min_rev", "once", "registry")
 
     def __init__(
-        self, registry: WatchRegistry, glob: str, min_rev: int, deliver: Deliver, once: bool
+        self,
+        registry: WatchRegistry,
+        glob: str,
+        min_rev: int,
+        deliver: Deliver,
+        once: bool,
+        lost: Callable[[], None] | None = None,
     ) -> None:
         self.registry = registry
         self.glob = glob
         self.min_rev = min_rev
         self.deliver = deliver
         self.once = once
+        self.lost = lost  # told when events it should have had can no longer be given
         self.active = True
 
     def cancel(self) -> None:
@@ -51,9 +58,16 @@ class WatchRegistry:
         self._matchers: dict[str, Callable[[str], bool]] = {}
         self.count = 0
 
-    def subscribe(self, glob: str, min_rev: int, deliver: Deliver, once: bool) -> Subscription:
+    def subscribe(
+        self,
+        glob: str,
+        min_rev: int,
+        deliver: Deliver,
+        once: bool,
+        lost: Callable[[], None] | None = None,
+    ) -> Subscription:
         """Deliver every future event with rev >= min_rev whose path matches."""
-        sub = Subscription(self, glob, min_rev, deliver, once)
+        sub = Subscription(self, glob, min_rev, deliver, once, lost)
         subs = self._by_glob.get(glob)
         if subs is None:
             self._matchers[glob] = compile_glob(glob)
@@ -90,6 +104,13 @@ class WatchRegistry:
                 if sub.once:
                     sub.cancel()
                 sub.deliver(ev, body)
+
+    def lose_all(self) -> None:
+        """The stream has a gap (a snapshot replaced the store past revs not
+        yet published): end every subscription and tell it."""
+        for sub in self.close_all():
+            if sub.lost is not None:
+                sub.lost()
 
     def close_all(self) -> list[Subscription]:
         subs = [s for lst in self._by_glob.values() for s in lst]

@@ -138,3 +138,57 @@ def test_one_client_failing_to_flush_does_not_silence_the_others(
     assert ok1.data == [b"answer\n"] and ok2.data == [b"answer\n", b"later\n"]
     assert bad.aborted
     assert any("writing to client" in r.getMessage() for r in caplog.records)
+
+
+class _Call:
+    """What a connection gives a request: its answers, recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.failed: tuple[str, str] | None = None
+
+    def ok(self, resp: dict) -> None:
+        pass
+
+    def fail(self, code: str, detail: str) -> None:
+        self.failed = (code, detail)
+
+    def event(self, body: bytes, final: bool) -> bool:
+        self.events.append(body)
+        return True
+
+    def set_cancel(self, cancel: object) -> None:
+        pass
+
+
+def _ahead(store: Store, writes: int, hist: int) -> dict:
+    """A snapshot of `store` after `writes` more writes, keeping `hist` revs."""
+    other = Store.restore(store.snapshot(), hist=hist)
+    for k in range(writes):
+        other.apply(Mutation(SET, f"/w/{k}", -1, b"v"))
+    return {"store": other.snapshot(), "origins": [], "meta": {}}
+
+
+@pytest.mark.parametrize("hist", [100, 3])
+def test_a_snapshot_installed_under_a_watch_gives_it_the_changes_or_ends_it(hist: int) -> None:
+    """A node far behind installs a snapshot and its store jumps ahead. A WATCH
+    must not skip the changes in between in silence: it gets them from the
+    snapshot's history, or, if that no longer holds them, ends with TOO_LATE."""
+    from doozer import protocol
+
+    node = Node(node_id="n", store=Store(hist=hist), sequencer=_Undeciding())  # type: ignore[arg-type]
+    node.store.apply(Mutation(SET, "/w/start", -1, b"v"))
+    call = _Call()
+    req = protocol.parse(b'{"tag":1,"verb":"WATCH","path":"/w/*","rev":2}')
+    node.dispatch(req, call)  # type: ignore[arg-type]
+    resets: list[int] = []
+    node.on_reset(lambda: resets.append(node.store.rev))
+    node.install_snapshot(_ahead(node.store, 10, hist))
+    assert node.store.rev == 11
+    if hist == 100:
+        assert call.failed is None and len(call.events) == 10 and not resets
+        node.apply_batch([])  # and it goes on following
+    else:
+        assert call.events == [] and call.failed is not None
+        assert call.failed[0] == "TOO_LATE" and "snapshot at rev 11" in call.failed[1]
+        assert resets == [11] and node.watches.count == 0

@@ -162,6 +162,27 @@ def test_hello_load_and_live_events() -> None:
     run(go())
 
 
+def test_a_snapshot_past_the_history_reloads_the_page() -> None:
+    """A node far behind installs a snapshot: the page following its tree
+    cannot be given the skipped events, so it gets the whole tree again."""
+    from doozer.store import Store
+
+    async def go() -> None:
+        async with viewer() as (node, web), client(web) as ws:
+            await ws.expect("hello")
+            await ws.send(op="sub")
+            await ws.load()
+            ahead = Store.restore(node.store.snapshot(), hist=3)
+            for k in range(10):
+                ahead.apply(Mutation(SET, f"/skipped/{k}", -1, b"v"))
+            node.install_snapshot({"store": ahead.snapshot(), "origins": [], "meta": {}})
+            rev, files, _ = await ws.load()
+            assert rev == node.store.rev == CTL_REV + 10
+            assert {p: (f["rev"], body(f)) for p, f in files.items()} == tree_of(node)
+
+    run(go())
+
+
 def test_loaded_carries_recent_events_for_the_feed() -> None:
     async def go() -> None:
         async with viewer() as (node, web), client(web) as ws:

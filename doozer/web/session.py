@@ -336,6 +336,12 @@ class Session:
                 return
         self._push(_Load(top, self._gen))
 
+    def reload(self) -> None:
+        """Load the whole tree again (the node skipped events), then follow."""
+        self._gen += 1
+        self._drop_queued_events()
+        self._push(_Load(self.viewer.flushed_rev, self._gen))
+
     def _at(self, req: dict[str, Any]) -> None:
         store = self.viewer.node.store
         rev = _int_field(req, "rev")

@@ -91,6 +91,7 @@ class WebViewer:
         h, p = sock.getsockname()[:2]
         self.addr = f"[{h}]:{p}" if sock.family == socket.AF_INET6 else f"{h}:{p}"
         self.node.on_event(self._on_event)
+        self.node.on_reset(self._on_reset)
         self._ticker = asyncio.create_task(self._tick())
 
     async def close(self) -> None:
@@ -183,6 +184,15 @@ class WebViewer:
         if self._flush_handle is None:
             # one message per loop turn, however many events the batch held
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _on_reset(self) -> None:
+        """The node skipped events (it installed a snapshot): pages following
+        the tree load it whole again, at the new rev."""
+        self._pending = []
+        self.flushed_rev = self.node.store.rev
+        for s in self.sessions:
+            if s.subscribed and not s.closed:
+                s.reload()
 
     def _flush(self) -> None:
         self._flush_handle = None
