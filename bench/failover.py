@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.nodeproc import NodeProc, Raw, call, free_port, wait_for
+from tests.nodeproc import NodeProc, Raw, call, free_port, wait_three_members
 
 
 def one_round(et: float, mem: bool, tmp: Path) -> float:
@@ -36,14 +36,7 @@ def one_round(et: float, mem: bool, tmp: Path) -> float:
         first = start(0, "--cals=3")
         start(1, "-a", first.addr)
         start(2, "-a", first.addr)
-        wait_for(
-            lambda: (
-                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-                == ["leader", "member", "member"]
-            ),
-            30,
-            "three members in force",
-        )
+        wait_three_members(nodes)
         leader = next(n for n in nodes if call(n.addr, {"verb": "SELF"})["role"] == "leader")
         other = next(n for n in nodes if n is not leader)
         with Raw(other.addr, timeout=10) as r:

@@ -209,6 +209,18 @@ def call(addr: str, req: dict, timeout: float = 5.0) -> dict:
         return r.call(req, timeout)
 
 
+def wait_three_members(nodes: list[NodeProc]) -> None:
+    """Until the three nodes are one leader and two members."""
+    wait_for(
+        lambda: (
+            sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+            == ["leader", "member", "member"]
+        ),
+        30,
+        "three members in force",
+    )
+
+
 class Cluster:
     """N real nodes, the second and later joining the first with -a."""
 

@@ -436,7 +436,7 @@ def test_a_secret_is_asked_for_before_anything_shows(page: Page) -> None:
 
 def test_screenshot_of_a_three_node_cluster(page: Page) -> None:
     """A few hundred files on a real three-member cluster, for the record."""
-    from tests.nodeproc import call, wait_for
+    from tests.nodeproc import call, wait_three_members
 
     web_port = free_port()
     first = NodeProc("-w", f"127.0.0.1:{web_port}", "--election-timeout", "0.5")
@@ -449,14 +449,7 @@ def test_screenshot_of_a_three_node_cluster(page: Page) -> None:
             n.start()
             others.append(n)
         nodes = [first, *others]
-        wait_for(
-            lambda: (
-                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-                == ["leader", "member", "member"]
-            ),
-            30,
-            "three members in force",
-        )
+        wait_three_members(nodes)
         holder = Stack.__new__(Stack)
         holder.node = first
         populate(holder, 300)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.nodeproc import NodeProc, Raw, call, free_port, wait_for
+from tests.nodeproc import NodeProc, Raw, call, free_port, wait_for, wait_three_members
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +32,6 @@ def three_durable(tmp_path: Path, *flags: str) -> tuple[str, Callable[[int, bool
         return durable_node(tmp_path / f"n{i}", ports[i], *flags, *extra).start()
 
     return addr0, start
-
-
-def wait_three_members(nodes: list[NodeProc]) -> None:
-    wait_for(
-        lambda: (
-            sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-            == ["leader", "member", "member"]
-        ),
-        30,
-        "three members in force",
-    )
 
 
 class Writer:
