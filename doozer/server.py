@@ -127,6 +127,7 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._eof = False  # the client has sent all it will (a half-close)
         self._draining = False  # shutting down: our side is shut, input is dropped
+        self.gone: asyncio.Future[None] | None = None  # set when the connection is lost
 
     # -- transport events -------------------------------------------------
 
@@ -147,6 +148,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         self.server.connections.discard(self)
         calls, self.calls = self.calls, {}
         for call in calls.values():
@@ -366,6 +369,7 @@ class Connection(asyncio.Protocol):
         self._flush()
         self._draining = True
         self._out.clear()
+        self.gone = asyncio.get_running_loop().create_future()
         if t.can_write_eof() and not t.is_closing():
             t.write_eof()
             t.resume_reading()  # even if paused for backlog: drain to EOF
@@ -458,10 +462,9 @@ class Server:
             conn.finish()
         # Clients that read what we sent close when they see our FIN; give
         # them a moment, then close the rest.
-        loop = asyncio.get_running_loop()
-        end = loop.time() + linger
-        while loop.time() < end and any(not c.closed for c in conns):
-            await asyncio.sleep(0.01)
+        waiting = [c.gone for c in conns if c.gone is not None and not c.closed]
+        if waiting:
+            await asyncio.wait(waiting, timeout=linger)
         for conn in conns:
             conn.close()
         if self._server is not None:

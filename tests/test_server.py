@@ -503,7 +503,9 @@ def test_sigterm_under_pipelined_writes_ends_with_eof_not_reset():
         got = b""
         try:
             while len(got) < 20_000:  # some answers first
-                got += s.recv(65536)
+                chunk = s.recv(65536)
+                assert chunk, "the node closed before it was stopped"
+                got += chunk
             n.signal(signal.SIGTERM)
             while chunk := s.recv(65536):
                 got += chunk
