@@ -486,6 +486,8 @@ class ClusterSequencer:
         self._tick_at = now + TICK
         self._ticker = self._loop.call_later(TICK, self._tick)
         try:
+            if self.node is not None:
+                self.replica.watched = self.node.watched()
             self.replica.tick(now)
             self._process()
             if self._lazy and now - self._lazy_since > LAZY_AGE:

@@ -78,6 +78,7 @@ class Node:
         self._counter = itertools.count()
         self._event_hooks: list[Callable[[Event], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []  # told when events were skipped
+        self._watched_hooks: list[Callable[[], bool]] = []  # other watchers (the web viewer)
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,6 +105,20 @@ class Node:
 
     def on_event(self, hook: Callable[[Event], None]) -> None:
         self._event_hooks.append(hook)
+
+    def watched_by(self, hook: Callable[[], bool]) -> None:
+        """`hook()` says whether someone outside the watch registry follows the
+        store's changes now (see `watched`)."""
+        self._watched_hooks.append(hook)
+
+    def watched(self) -> bool:
+        """Someone here waits on the store's changes (a WATCH, a WAIT, a page of
+        the web viewer), so this node should learn decisions promptly."""
+        return (
+            self.watches.count > 0
+            or bool(self._rev_waiters)
+            or any(hook() for hook in self._watched_hooks)
+        )
 
     def on_reset(self, hook: Callable[[], None]) -> None:
         """`hook()` when the store jumped past events no hook was given (a

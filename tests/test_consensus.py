@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -794,11 +795,75 @@ def test_thrifty_accept_goes_to_a_quorum_and_the_rest_get_the_value() -> None:
     voters = _accepts_to(net, n0, i)
     assert len(voters) == 2  # with the leader's own vote, 3 of 5
     rest = {h for h in net.hosts if h != ld.id} - set(voters)
-    got = {to for _, to, m in net.sent[n0:] if m["t"] == "e" and m["s"] <= i}
-    assert got == rest
+
+    def sent_values() -> set[str]:
+        return {to for _, to, m in net.sent[n0:] if m["t"] == "e" and m["s"] <= i}
+
+    # the value is news to the rest: it lingers, to go with whatever follows
+    assert sent_values() == set()
+    net.tick(CFG.news_linger / 2)
+    assert sent_values() == set()
+    net.tick(CFG.news_linger / 2 + 1e-6)
+    assert sent_values() == rest
     assert not any(m["t"] == "A" and s in rest for s, _, m in net.sent[n0:])
-    net.run(0.1)
     assert all(net.items(h) == net.items(ld) for h in net.hosts.values())
+
+
+def _news_for_the_non_voter() -> tuple[Net, Host, str]:
+    """A three-member cluster whose leader decided "x" with one voter: the
+    other member (returned) has not been sent "x" yet."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    (voter,) = _accepts_to(net, n0, ld.r.commit)
+    (other,) = {h for h in net.hosts if h not in (ld.id, voter)}
+    assert "x" not in net.items(net.hosts[other])  # news to it: lingering
+    return net, ld, other
+
+
+def test_news_goes_at_once_to_a_member_whose_clients_wait_on_it() -> None:
+    net, ld, other = _news_for_the_non_voter()
+    # a write forwarded by the member that does not vote: its client waits
+    # for the value, so it goes at once (with "x" before it)
+    net.propose(net.hosts[other], "y")
+    assert ld.r.commit > 0 and net.items(ld)[-2:] == ["x", "y"]
+    assert net.items(net.hosts[other])[-2:] == ["x", "y"]
+    # a read index it asks for comes after the values it needs to serve it
+    # (the heartbeat round that confirms it sends them first)
+    net.propose(ld, "z")
+    assert "z" not in net.items(net.hosts[other])
+    n1 = len(net.sent)
+    net.hosts[other].r.read_index("r1")
+    net.drain(net.hosts[other])
+    net.deliver()  # no time passes: the news would still linger
+    assert any(m["t"] == M.READ_OK for _, to, m in net.sent if to == other)
+    assert net.items(net.hosts[other])[-1] == "z"
+    # sent, not left to fetch
+    assert not any(m["t"] == M.FETCH for s, _, m in net.sent[n1:] if s == other)
+
+
+def test_news_goes_at_once_to_a_member_with_watchers() -> None:
+    net, ld, other = _news_for_the_non_voter()
+    net.hosts[other].r.watched = True  # its host saw a WATCH open
+    net.run(2 * CFG.heartbeat_interval)  # it says so in a heartbeat answer
+    net.propose(ld, "y")
+    assert net.items(net.hosts[other])[-1:] == ["y"]
+    net.hosts[other].r.watched = False
+    net.run(2 * CFG.heartbeat_interval)
+    net.propose(ld, "z")
+    assert net.items(net.hosts[other])[-1:] == ["y"]
+
+
+def test_news_linger_zero_sends_the_values_with_each_decision() -> None:
+    net = Net(["a", "b", "c"], replace(CFG, news_linger=0.0))
+    ld = net.elect()
+    net.run(0.5)
+    n0 = len(net.sent)
+    net.propose(ld, "x")
+    assert all(net.items(h)[-1:] == ["x"] for h in net.hosts.values())
+    assert any(m["t"] == "e" for _, _, m in net.sent[n0:])
 
 
 def test_thrifty_accept_falls_back_to_all_when_a_voter_is_silent() -> None:

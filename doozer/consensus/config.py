@@ -21,6 +21,11 @@ class Config:
     # all of them vote again.
     thrifty: bool = True
     thrifty_wait: float = 0.005  # s
+    # The values a member skipped are news, not a question: they wait up to
+    # news_linger (for the first tick after it) to go as one message, unless
+    # its clients wait on them: it forwarded a write among them, asked for a
+    # read index, or has watchers (it says so in its heartbeat answers).
+    news_linger: float = 0.01  # s; 0 sends them with every decision
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval <= 0:

@@ -8,7 +8,8 @@ a  accept       {b, i, v, c}      phase 2 for instance i; c: leader's commit
 A  accepted     {b, i}
 c  commit       {b, c}            every instance <= c is decided
 h  heartbeat    {b, r, c}         r: round (read index, check-quorum)
-H  heartbeat ok {b, r, d, s}      d: my commit; s: members I have not heard from lately
+H  heartbeat ok {b, r, d, s, [w]} d: my commit; s: members I have not heard from lately;
+                                  w: someone watches my store (news to me is urgent)
 v  pre-vote     {r, d}            would you follow me? d: my commit
 V  pre-vote ok  {r, ok, d}         d: my commit
 g  ping         {}                liveness between members

@@ -92,6 +92,7 @@ class WebViewer:
         self.addr = f"[{h}]:{p}" if sock.family == socket.AF_INET6 else f"{h}:{p}"
         self.node.on_event(self._on_event)
         self.node.on_reset(self._on_reset)
+        self.node.watched_by(lambda: any(s.subscribed for s in self.sessions))
         self._ticker = asyncio.create_task(self._tick())
 
     async def close(self) -> None:

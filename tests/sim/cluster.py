@@ -49,6 +49,7 @@ class SimConfig:
     tick: float = 0.03
     drift: float = 0.05  # clock rates differ by up to this fraction
     thrifty: bool = True  # accepts to a quorum only (Config.thrifty)
+    news_linger: float = 0.01  # Config.news_linger: how long non-voters may lag
     lincheck_budget: float = 10.0
     max_steps: int = 2_000_000  # more events than this: a message storm (livelock)
 
@@ -69,6 +70,7 @@ class SimConfig:
             membership=rng.random() < 0.8,
             drift=rng.choice((0.0, 0.05, 0.05, 0.3)),
             thrifty=rng.random() < 0.8,
+            news_linger=rng.choice((0.0, 0.01, 0.01, 0.2)),
         )
 
     def replica_config(self) -> Config:
@@ -80,6 +82,7 @@ class SimConfig:
             fetch_max_bytes=2048,
             member_timeout=self.member_timeout,
             thrifty=self.thrifty,
+            news_linger=self.news_linger,
         )
 
 

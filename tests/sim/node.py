@@ -145,6 +145,8 @@ class SimNode:
     def tick(self, t: float) -> None:
         r = self.replica
         assert r is not None
+        if self.rng.random() < 0.01:
+            r.watched = not r.watched  # a client's WATCH opened or ended here
         r.tick(self.local(t))
         now = t
         for iid, (op, item, nxt) in list(self.pending_writes.items()):
