@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from doozer import errors
 from doozer.consensus import Config, DurableState, Replica
 from doozer.consensus.membership import members_at, schedule_from_wire, schedule_to_wire
 from doozer.consensus.messages import COMMIT, ENTRIES
@@ -1337,7 +1338,20 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                 info, snap = await request(
                     addr, [{"verb": "CLUSTER"}, {"verb": "SNAPSHOT", "stale": True}], secret, 60
                 )
-            except (OSError, ValueError, TimeoutError, DoozerError) as e:
+            except DoozerError as e:
+                if e.code == errors.PERMISSION:
+                    # Every member holds the one secret: asking again cannot help.
+                    log.error(
+                        "%s refused us: %s; give the cluster's secret (--secret-file "
+                        "or $DOOZER_SECRET)",
+                        addr,
+                        e.detail or e.code,
+                    )
+                    return None
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning("cannot join through %s: %s; retrying", addr, e)
+                continue
+            except (OSError, ValueError, TimeoutError) as e:
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning("cannot join through %s: %s; retrying", addr, e or type(e).__name__)
                 continue

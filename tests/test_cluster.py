@@ -202,6 +202,21 @@ def test_joining_node_refuses_other_cluster_name_and_takes_the_peers_without_c()
             assert "rev" in write(n.addr, "/joined-alpha", "x", timeout=10)
 
 
+def test_joining_with_a_wrong_or_no_secret_stops_and_says_why():
+    from tests.nodeproc import NodeProc
+
+    with NodeProc(env={"DOOZER_SECRET": "right"}) as first:
+        for env in ({"DOOZER_SECRET": "wrong"}, {"DOOZER_SECRET": ""}):
+            n = NodeProc("-a", first.addr, env=env)
+            n.start(wait=False)
+            try:
+                assert n.proc is not None
+                assert n.proc.wait(20) == 2  # at once: no retrying for ever
+                assert "refused us" in n.log() and "secret" in n.log()
+            finally:
+                n.kill()
+
+
 class Proxy:
     """tests/faultproxy.py as a subprocess in front of one node's port."""
 
