@@ -436,6 +436,15 @@ class ClusterSequencer:
             "name": self.cluster_name,
         }
 
+    def live_members(self, nodes: set[str]) -> set[str]:
+        """Those of `nodes` heard from lately (members ping each other every
+        ping interval; three of them is lately), and this node."""
+        assert self._loop is not None
+        now = self._loop.time()
+        window = 3 * self.replica.cfg.ping_interval
+        heard = self.replica.heard
+        return {x for x in nodes if x == self.node_id or now - heard.get(x, -math.inf) < window}
+
     def cluster_info(self) -> dict[str, Any]:
         return {"id": self.cluster_id, "instance": self.applied_instance}
 

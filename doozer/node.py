@@ -450,12 +450,48 @@ class Node:
     def _set(self, req: Request, call: Call) -> None:
         self._write_check(req)
         rev = -1 if req.rev is None else req.rev
-        self._write(Mutation(SET, req.path, rev, req.value), req, call)  # type: ignore[arg-type]
+        m = Mutation(SET, req.path, rev, req.value)  # type: ignore[arg-type]
+        self._live_quorum_check(m)
+        self._write(m, req, call)
 
     def _del(self, req: Request, call: Call) -> None:
         self._write_check(req)
         rev = -1 if req.rev is None else req.rev
-        self._write(Mutation(DEL, req.path, rev), req, call)  # type: ignore[arg-type]
+        m = Mutation(DEL, req.path, rev)  # type: ignore[arg-type]
+        self._live_quorum_check(m)
+        self._write(m, req, call)
+
+    def _live_quorum_check(self, m: Mutation) -> None:
+        """Refuse a client's membership change after which the members this
+        node hears from would be no quorum: the change would take effect
+        and leave the cluster unable to decide anything, not even the change
+        that would undo it (etcd's strict reconfiguration check). Judged by
+        this node's view, before the change is in the log: a guard, not a
+        guarantee."""
+        if not m.path.startswith("/ctl/cal/"):
+            return
+        live_members = getattr(self.sequencer, "live_members", None)
+        if live_members is None:
+            return
+        slots = self.members_by_slot()
+        slot = m.path[len("/ctl/cal/") :]
+        if m.op == DEL:
+            slots.pop(slot, None)
+        else:
+            slots[slot] = m.value.decode("utf-8", "replace")
+        after = {x for x in slots.values() if x}
+        if not after:
+            return  # refused when applied, saying why
+        live = live_members(after)
+        need = len(after) // 2 + 1
+        if len(live) < need:
+            dead = ", ".join(sorted(after - live))
+            raise errors.Permission(
+                None,
+                f"that would leave {len(live)} of {len(after)} members live, short of a "
+                f"quorum of {need} (not heard from: {dead}); bring them back or remove "
+                "them first",
+            )
 
     def _nop(self, req: Request, call: Call) -> None:
         if self.readonly:

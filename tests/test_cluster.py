@@ -202,6 +202,32 @@ def test_joining_node_refuses_other_cluster_name_and_takes_the_peers_without_c()
             assert "rev" in write(n.addr, "/joined-alpha", "x", timeout=10)
 
 
+def test_a_membership_change_that_leaves_no_live_quorum_is_refused():
+    # --timeout 6: members ping every 0.3 s, so a dead one is "not heard
+    # from" after ~1 s, and removed by the leader only after 6 s.
+    with Cluster(3, "--timeout", "6") as c:
+        addr = c.nodes[0].addr
+        ids = [call(n.addr, {"verb": "SELF"})["value"] for n in c.nodes]
+        slot = {call(addr, {"verb": "GET", "path": f"/ctl/cal/{i}"})["value"]: i for i in range(3)}
+        leader = call(addr, {"verb": "SELF"}).get("leader") or ids[0]
+        dead, live = [x for x in ids if x != leader]
+        c.nodes[ids.index(dead)].kill()
+        time.sleep(1.5)  # past the window in which it still counts as heard from
+
+        def delete(member: str) -> dict:
+            req = {"verb": "DEL", "path": f"/ctl/cal/{slot[member]}", "rev": -1, "timeout": 5}
+            return call(addr, req, 8)
+
+        # {leader, dead} would need both: refused, and nothing changes
+        r = delete(live)
+        assert r.get("err_code") == "PERMISSION", r
+        assert "1 of 2 members live" in r["err_detail"] and dead in r["err_detail"]
+        assert call(addr, {"verb": "GET", "path": f"/ctl/cal/{slot[live]}"})["value"] == live
+        # removing the dead one leaves {leader, live}: fine
+        assert "rev" in delete(dead)
+        assert "rev" in write(addr, "/after", "x")
+
+
 def test_joining_with_a_wrong_or_no_secret_stops_and_says_why():
     from tests.nodeproc import NodeProc
 
