@@ -43,6 +43,7 @@ from doozer.version import __version__
 log = logging.getLogger("doozer")
 
 TICK = 0.01  # s between replica ticks
+IDLE_TICK = 0.05  # s between them while nothing is in flight (at most a quarter heartbeat)
 LAZY_MAX = 512  # decision records held back before they go to the disk on their own
 INST_REVS = 4096  # applied instances whose rev a status can still name
 INF_REV = 1 << 62
@@ -252,6 +253,7 @@ class ClusterSequencer:
         self.replica = Replica(
             node_id, config=config, rng=self.rng, durable=durable, applied=applied
         )
+        self._idle_tick = min(IDLE_TICK, self.replica.cfg.heartbeat_interval / 4)
         self.node: Node | None = None
         self.hub: PeerHub | None = None
         self.applied_instance = self.replica.applied
@@ -493,8 +495,9 @@ class ClusterSequencer:
         # catching up) must outlive any bug below. It once did not: an
         # exception here stopped a node's ticks for good, and it fell behind
         # and stayed there.
-        self._tick_at = now + TICK
-        self._ticker = self._loop.call_later(TICK, self._tick)
+        gap = self._idle_tick if self._idle() else TICK
+        self._tick_at = now + gap
+        self._ticker = self._loop.call_later(gap, self._tick)
         try:
             if self.node is not None:
                 self.replica.watched = self.node.watched()
@@ -563,6 +566,31 @@ class ClusterSequencer:
         self._after_apply()
         self._maybe_snapshot()
         self._arm_deadline()
+        self._wake_ticker()
+
+    def _idle(self) -> bool:
+        """Nothing in flight here that the regular tick moves on: ticks can be
+        sparse (IDLE_TICK). An idle node ticking every 10 ms used ~2 % of a
+        core here, mostly in wake-ups."""
+        return (
+            not self._undecided
+            and not self._reads
+            and not self._lazy
+            and not self._graveyard
+            and self.replica.idle()
+        )
+
+    def _wake_ticker(self) -> None:
+        """Work arrived while ticks were sparse: the next one within TICK."""
+        loop = self._loop
+        if self._ticker is None or loop is None or self._closed:
+            return
+        now = loop.time()
+        if self._tick_at - now <= TICK or self._idle():
+            return
+        self._ticker.cancel()
+        self._tick_at = now + TICK
+        self._ticker = loop.call_later(TICK, self._tick)
 
     def _arm_deadline(self) -> None:
         """A tick when the replica needs one before the regular tick: a thrifty

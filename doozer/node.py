@@ -80,6 +80,7 @@ class Node:
         self._reset_hooks: list[Callable[[], None]] = []  # told when events were skipped
         self._watched_hooks: list[Callable[[], bool]] = []  # other watchers (the web viewer)
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_idle = False  # the sweeper is armed at its idle pace
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- life cycle -------------------------------------------------------
@@ -89,7 +90,7 @@ class Node:
         if self._clock is None:
             self._clock = self._loop.time
         self.sequencer.start(self)
-        self._sweeper = self._loop.call_later(0.05, self._sweep)
+        self._arm_sweeper()
 
     def close(self, detail: str = "the node is shutting down") -> None:
         """Fail everything still waiting; used at shutdown."""
@@ -150,13 +151,23 @@ class Node:
             self._deadlines,
             (self.now() + (self.default_timeout if timeout is None else timeout), seq),
         )
+        if self._sweep_idle:
+            self._arm_sweeper()
         self.sequencer.propose(Proposal(self.incarnation, seq, m))
 
-    def _sweep(self) -> None:
+    def _arm_sweeper(self) -> None:
+        """Every 50 ms while writes wait, else every second (an idle node's
+        wake-ups cost it CPU); a write proposed meanwhile re-arms it."""
         assert self._loop is not None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_idle = not self._pending
+        self._sweeper = self._loop.call_later(1.0 if self._sweep_idle else 0.05, self._sweep)
+
+    def _sweep(self) -> None:
         # Re-armed first: a failing callback must not end every later write's
         # timeout (their clients would wait forever).
-        self._sweeper = self._loop.call_later(0.05, self._sweep)
+        self._arm_sweeper()
         now = self.now()
         dl = self._deadlines
         while dl and dl[0][0] <= now:

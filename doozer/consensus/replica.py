@@ -1136,6 +1136,26 @@ class Replica:
             p.skipped = ()
             ld.full_until = now + self._et()
 
+    def idle(self) -> bool:
+        """Nothing in flight that a tick may have to move on (resends,
+        fallbacks, news, catching up): only the heartbeat and election timers
+        run, and the host may tick less often (a few times a heartbeat)."""
+        if self.queue or self.fwd_buf or self.fwd_reads or self.commit < self.seen_commit:
+            return False
+        if self.role == FOLLOWER:
+            return True
+        ld = self.ld
+        if self.role != LEADER or ld is None:
+            return False  # campaigning
+        return not (
+            ld.props
+            or ld.reads
+            or ld.reads_waiting
+            or ld.learners
+            or ld.news_at < math.inf
+            or self.commit > ld.sent_commit
+        )
+
     def deadline(self) -> float | None:
         """The earliest time a tick has work to do that cannot wait for the
         host's regular tick: an accept's fallback to every member, or news
