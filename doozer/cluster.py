@@ -361,6 +361,16 @@ class ClusterSequencer:
                     self._refresh_peers()
         return proto
 
+    def hint_peer(self, nid: str, addr: str) -> None:
+        """Peer `nid` is at `addr` now (an -a peer said so at our restart), as
+        if it had introduced itself there in a hello."""
+        if nid == self.node_id or self.node is None:
+            return
+        known = self._hello_addrs.get(nid)
+        if known is None or known[0] != addr:
+            self._hello_addrs[nid] = (addr, self.node.store.rev)
+            self._refresh_peers()
+
     def _warn_duplicate(self, nid: str, a: str, b: str) -> None:
         now = time.monotonic()
         if now - self._dup_warned.get(nid, -math.inf) >= 60.0:
@@ -1239,7 +1249,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
         seq = sequencer(node_id, cluster_id, durable=durable, applied=applied)
         if args.attach:
             log.info(
-                "%s holds this node's state: resuming as %s, not joining anew",
+                "%s holds this node's state: resuming as %s, not joining anew; "
+                "asking -a peers who they are, in case they moved",
                 args.data_dir,
                 node_id,
             )
@@ -1340,6 +1351,8 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             dd.close()
         return 1
     tasks = [asyncio.ensure_future(housekeeping(node, seq, args))]
+    if resumed and args.attach:
+        tasks.append(asyncio.ensure_future(learn_moved_peers(args.attach, seq, secret)))
     code = await serve_mod.wait_for_signal()
     log.info("shutting down")
     for t in tasks:
@@ -1363,6 +1376,32 @@ async def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def learn_moved_peers(addrs: list[str], seq: ClusterSequencer, secret: bytes | None) -> None:
+    """A resuming node dials its peers at their /ctl/node addresses, and a
+    peer that came back elsewhere cannot be reached there: a whole cluster
+    moved to new addresses (machines rescheduled) could never reform. The -a
+    peers given at a restart say who they are (SELF), and we dial them where
+    they are; once a quorum hears each other, a leader is elected and every
+    node rewrites its entry. Asked until each answers, or for a minute."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60.0
+    todo = list(addrs)
+    delay = 0.2
+    while todo and loop.time() < end:
+        for addr in list(todo):
+            try:
+                (me,) = await request(addr, [{"verb": "SELF"}], secret, timeout=5.0)
+            except (OSError, ValueError, TimeoutError, DoozerError):
+                continue
+            todo.remove(addr)
+            nid = me.get("value")
+            if isinstance(nid, str) and nid:
+                seq.hint_peer(nid, str(me.get("addr") or addr))
+        if todo:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dict, dict] | None:

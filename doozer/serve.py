@@ -50,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="ADDR",
-        help="join the cluster of this live node (repeatable)",
+        help="join the cluster of this live node (repeatable); when resuming from a data "
+        "dir, where to find a peer that moved",
     )
     p.add_argument(
         "-c", "--cluster", default=None, metavar="NAME", help="cluster name (default local)"

@@ -326,6 +326,42 @@ def test_a_member_restarted_at_a_new_address_is_a_member_again(tmp_path):
             n.stop()
 
 
+def test_a_whole_cluster_moved_to_new_addresses_reforms_given_a_peer_each(tmp_path):
+    """Every machine rescheduled with a new address at once: each node dials
+    the others at their old /ctl/node addresses and none is there. Restarted
+    with -a naming one other node's new address, each asks it who it is and
+    dials it there; a quorum forms, and every entry is rewritten."""
+    _, start = three_durable(tmp_path)
+    nodes = [start(0, True), start(1, True), start(2, True)]
+    try:
+        wait_three_members(nodes)
+        ids = [call(n.addr, {"verb": "SELF"})["value"] for n in nodes]
+        for n in nodes:
+            n.stop()
+        ports = [free_port() for _ in range(3)]
+        nodes = [
+            durable_node(tmp_path / f"n{i}", ports[i], "-a", f"127.0.0.1:{ports[(i + 1) % 3]}")
+            for i in range(3)
+        ]
+        for n in nodes:
+            n.start()
+        r = call(nodes[0].addr, {"verb": "SET", "path": "/moved", "value": "1", "timeout": 15}, 20)
+        assert "rev" in r, r
+
+        def rewritten() -> bool:
+            got = [
+                call(nodes[0].addr, {"verb": "GET", "path": f"/ctl/node/{nid}/addr"})["value"]
+                for nid in ids
+            ]
+            return got == [n.addr for n in nodes]
+
+        wait_for(rewritten, 15, "every node's entry names its new address")
+        wait_three_members(nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
 def test_two_nodes_with_one_id_are_reported(tmp_path):
     """A member's data dir copied and started twice (two machines, one id)
     breaks consensus; its peers cannot tell which is which, but they can see
