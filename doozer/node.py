@@ -473,11 +473,13 @@ class Node:
         self._write(m, req, call)
 
     def _live_quorum_check(self, m: Mutation) -> None:
-        """Refuse a client's membership change after which the members this
-        node hears from would be no quorum: the change would take effect
-        and leave the cluster unable to decide anything, not even the change
-        that would undo it (etcd's strict reconfiguration check). Judged by
-        this node's view, before the change is in the log: a guard, not a
+        """Refuse a client's change that takes a member out if the members
+        this node hears from would then be no quorum: the change would take
+        effect and leave the cluster unable to decide anything, not even the
+        change that would undo it (etcd's strict reconfiguration check).
+        Judged by a member (members ping each other; a follower outside the
+        member set hears only the leader, so it cannot judge and lets the
+        change through), before the change is in the log: a guard, not a
         guarantee."""
         if not m.path.startswith("/ctl/cal/"):
             return
@@ -485,14 +487,17 @@ class Node:
         if live_members is None:
             return
         slots = self.members_by_slot()
+        before = {x for x in slots.values() if x}
+        if self.node_id not in before:
+            return
         slot = m.path[len("/ctl/cal/") :]
         if m.op == DEL:
             slots.pop(slot, None)
         else:
             slots[slot] = m.value.decode("utf-8", "replace")
         after = {x for x in slots.values() if x}
-        if not after:
-            return  # refused when applied, saying why
+        if not after or before <= after:
+            return  # none left: refused when applied; none taken out: no less available
         live = live_members(after)
         need = len(after) // 2 + 1
         if len(live) < need:

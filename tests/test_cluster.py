@@ -211,6 +211,7 @@ def test_a_membership_change_that_leaves_no_live_quorum_is_refused():
         slot = {call(addr, {"verb": "GET", "path": f"/ctl/cal/{i}"})["value"]: i for i in range(3)}
         leader = call(addr, {"verb": "SELF"}).get("leader") or ids[0]
         dead, live = [x for x in ids if x != leader]
+        outsider = c.add("--timeout", "6")  # no free slot: a follower, hearing only the leader
         c.nodes[ids.index(dead)].kill()
         time.sleep(1.5)  # past the window in which it still counts as heard from
 
@@ -223,6 +224,9 @@ def test_a_membership_change_that_leaves_no_live_quorum_is_refused():
         assert r.get("err_code") == "PERMISSION", r
         assert "1 of 2 members live" in r["err_detail"] and dead in r["err_detail"]
         assert call(addr, {"verb": "GET", "path": f"/ctl/cal/{slot[live]}"})["value"] == live
+        # an empty slot takes no member out: fine, whoever is down, and on a
+        # node outside the member set too (it cannot judge who is live)
+        assert "rev" in write(outsider.addr, "/ctl/cal/5", "", rev=0)
         # removing the dead one leaves {leader, live}: fine
         assert "rev" in delete(dead)
         assert "rev" in write(addr, "/after", "x")
