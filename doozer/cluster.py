@@ -33,7 +33,7 @@ from doozer.consensus.messages import COMMIT, ENTRIES
 from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.node import Node
-from doozer.peer import PeerHub, join_addr
+from doozer.peer import MAX_ITEM, PeerHub, join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import Proposal
 from doozer.storage import DataDir, StorageError
@@ -382,6 +382,10 @@ class ClusterSequencer:
                 a,
                 b,
             )
+
+    # A write larger than this on the wire could never reach the other members:
+    # refused up front (see Node._set), or it would wedge the log for good.
+    max_item = MAX_ITEM
 
     def propose(self, p: Proposal) -> None:
         self._undecided[p.seq] = p

@@ -462,6 +462,7 @@ class Node:
         self._write_check(req)
         rev = -1 if req.rev is None else req.rev
         m = Mutation(SET, req.path, rev, req.value)  # type: ignore[arg-type]
+        self._wire_size_check(m)
         self._live_quorum_check(m)
         self._write(m, req, call)
 
@@ -469,8 +470,27 @@ class Node:
         self._write_check(req)
         rev = -1 if req.rev is None else req.rev
         m = Mutation(DEL, req.path, rev)  # type: ignore[arg-type]
+        self._wire_size_check(m)
         self._live_quorum_check(m)
         self._write(m, req, call)
+
+    def _wire_size_check(self, m: Mutation) -> None:
+        """Refuse a write too large to travel between members (its value goes
+        base64, 4/3 its size, beside its path). Such an accept would be
+        dropped by every link, again and again: the write never decided and
+        the log stuck behind it for good, even across leaders. Only a raised
+        --max-value or --max-line allows such a write in the first place."""
+        limit = getattr(self.sequencer, "max_item", None)
+        if limit is None or len(m.value) + len(m.path) < limit // 2:
+            return  # the common case: two len() calls
+        size = 4 * ((len(m.value) + 2) // 3) + len(m.path.encode()) + 256
+        if size > limit:
+            raise errors.TooLarge(
+                None,
+                f"this write is {size} bytes between members, over their {limit}-byte "
+                f"limit (a value of at most {(limit - 256 - len(m.path.encode())) * 3 // 4} "
+                "bytes at this path)",
+            )
 
     def _live_quorum_check(self, m: Mutation) -> None:
         """Refuse a client's change that takes a member out if the members

@@ -38,6 +38,10 @@ PROTO = 1
 MiB = 1 << 20
 
 _ANSWER_LIMIT = 64 * 1024  # longest handshake answer the dialer will buffer
+MAX_MESSAGE = 16 * MiB  # the largest message a link carries (the receiver's limit too)
+# The largest proposal item (one write, in its wire form) that a message can
+# carry with room for the envelope (accept, promise or entries) around it.
+MAX_ITEM = MAX_MESSAGE - 64 * 1024
 _WRITE_CHUNK = 1 * MiB  # coalesced bytes per transport.write
 _HIGH_WATER = 1 * MiB  # transport buffer above which we stop writing (pause_writing)
 _MAX_NODE_ID = 256
@@ -284,7 +288,7 @@ class PeerHub:
         on_peer_up: Callable[[str], None] | None = None,
         on_peer_down: Callable[[str], None] | None = None,
         addr: str = "",
-        max_message: int = 16 * MiB,
+        max_message: int = MAX_MESSAGE,
         queue_bytes: int = 32 * MiB,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,

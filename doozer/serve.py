@@ -16,7 +16,7 @@ import sys
 from doozer import protocol
 from doozer.mutation import SET, Mutation
 from doozer.node import Node
-from doozer.peer import join_addr
+from doozer.peer import MAX_ITEM, MAX_MESSAGE, join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import LocalSequencer
 from doozer.server import Server
@@ -26,6 +26,9 @@ from doozer.version import __version__
 log = logging.getLogger("doozer")
 
 DEFAULT_LISTEN = "127.0.0.1:8046"
+# The largest value whose write fits one message between members: base64 and
+# room for a path of a few KiB (Node._wire_size_check judges each write).
+MAX_VALUE_BETWEEN_MEMBERS = (MAX_ITEM - 256 - 4096) * 3 // 4
 DEFAULT_WEB = "127.0.0.1:8000"
 DEFAULT_DATA_DIR = "./doozer-data"
 
@@ -222,6 +225,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.mem and args.data_dir is not None:
         log.error("--mem keeps nothing on disk: it cannot be given with -d %s", args.data_dir)
+        return 2
+    if args.max_value > MAX_VALUE_BETWEEN_MEMBERS:
+        log.error(
+            "--max-value %d: members pass values to each other in messages of at most "
+            "%d bytes, base64-encoded; the largest value that fits is %d bytes",
+            args.max_value,
+            MAX_MESSAGE,
+            MAX_VALUE_BETWEEN_MEMBERS,
+        )
         return 2
     if args.data_dir is None:
         args.data_dir = DEFAULT_DATA_DIR

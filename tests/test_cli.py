@@ -249,6 +249,14 @@ def test_serve_with_a_port_in_use_stops_before_joining(tmp_path: Any) -> None:
             assert "join" not in err and not d.exists()
 
 
+def test_serve_refuses_a_max_value_members_cannot_pass_each_other() -> None:
+    from doozer.serve import MAX_VALUE_BETWEEN_MEMBERS as most
+
+    argv = ["serve", "-l", "127.0.0.1:0", "-w", "off", "--mem", "--max-value", str(most + 1)]
+    status, _, err = subprocess_run(argv, b"", {})
+    assert status == 2 and f"the largest value that fits is {most} bytes" in err, err
+
+
 def test_serve_refuses_to_join_itself(tmp_path: Any) -> None:
     """-a with the node's own address would retry for ever: say what is wrong."""
     d = tmp_path / "data"
