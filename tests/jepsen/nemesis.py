@@ -366,13 +366,20 @@ class Nemesis:
             reqs = [{"verb": "SET", "path": f"/ctl/cal/{s}", "value": "", "rev": 0} for s in fresh]
         self.log(f"membership: {ev.detail}")
         want = self.max_slots if reqs[0]["verb"] == "SET" else self.min_slots
+        guarded = False
         for req in reqs:
             why = await self._until_done(req, 20.0)
+            if why.startswith(LIVE_QUORUM_GUARD):
+                # Taking a member out while others are down would leave no
+                # live quorum: the node refuses by design (Node._live_quorum_check).
+                ev.detail += f"; refused while members were down: {req['path']}"
+                guarded = True
+                break
             if why:
                 ev.failed = f"{req['verb']} {req['path']}: {why}"
                 break
         ev.heal = self.now()
-        if not ev.failed:
+        if not ev.failed and not guarded:
             # followers claim new slots; the change takes effect some instances later
             members: list[str] = []
             for _ in range(100):
@@ -389,7 +396,9 @@ class Nemesis:
             self.log(f"membership: {ev.detail} {ev.failed}")
 
     async def _until_done(self, req: dict, deadline: float) -> str:
-        """Retry a /ctl write on live nodes until it is known done; '' or why not."""
+        """Retry a /ctl write on live nodes until it is known done; '' or why not.
+        A refusal by the live-quorum guard is retried (the members down may
+        come back, or be removed) and, if it lasts, answered as LIVE_QUORUM_GUARD."""
         end = self.now() + deadline
         last: dict = {}
         i = 0
@@ -402,10 +411,16 @@ class Nemesis:
                     return ""
                 if last.get("err_code") == "REV_MISMATCH":
                     return ""  # an earlier, indeterminate try created it
-                if last.get("err_code") == "PERMISSION":
+                guarded = "members live" in last.get("err_detail", "")
+                if last.get("err_code") == "PERMISSION" and not guarded:
                     return f"refused: {last}"
             await asyncio.sleep(0.2)
+        if "members live" in last.get("err_detail", ""):
+            return f"{LIVE_QUORUM_GUARD}: {last}"
         return f"not done in {deadline}s: {last}"
+
+
+LIVE_QUORUM_GUARD = "refused by the live-quorum guard"
 
 
 def _names(idx: list[int]) -> str:
