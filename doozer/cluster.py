@@ -1396,10 +1396,15 @@ async def learn_moved_peers(addrs: list[str], seq: ClusterSequencer, secret: byt
     while todo and loop.time() < end:
         for addr in list(todo):
             try:
-                (me,) = await request(addr, [{"verb": "SELF"}], secret, timeout=5.0)
+                info, me = await request(
+                    addr, [{"verb": "CLUSTER"}, {"verb": "SELF"}], secret, timeout=5.0
+                )
             except (OSError, ValueError, TimeoutError, DoozerError):
                 continue
             todo.remove(addr)
+            if info.get("id") != seq.cluster_id:
+                log.warning("-a %s is a node of another cluster: not a peer of ours", addr)
+                continue
             nid = me.get("value")
             if isinstance(nid, str) and nid:
                 seq.hint_peer(nid, str(me.get("addr") or addr))

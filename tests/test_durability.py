@@ -362,6 +362,21 @@ def test_a_whole_cluster_moved_to_new_addresses_reforms_given_a_peer_each(tmp_pa
             n.stop()
 
 
+def test_a_resuming_node_ignores_an_a_peer_of_another_cluster(tmp_path):
+    other = NodeProc("-c", "other").start()
+    port = free_port()
+    node = durable_node(tmp_path / "a", port).start()
+    try:
+        node.stop()
+        node = durable_node(tmp_path / "a", port, "-a", other.addr).start()
+        wait_for(lambda: "of another cluster" in node.log(), 10, "the foreign -a is noticed")
+        assert "rev" in call(node.addr, {"verb": "SET", "path": "/x", "value": "1"})
+        assert "unreachable" not in node.log()  # never dialed as a peer
+    finally:
+        node.stop()
+        other.stop()
+
+
 def test_two_nodes_with_one_id_are_reported(tmp_path):
     """A member's data dir copied and started twice (two machines, one id)
     breaks consensus; its peers cannot tell which is which, but they can see
