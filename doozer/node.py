@@ -518,7 +518,9 @@ class Node:
         after = {x for x in slots.values() if x}
         if not after or before <= after:
             return  # none left: refused when applied; none taken out: no less available
-        live = live_members(after)
+        # A member brought in is taken to be live: members do not ping
+        # followers, so only the leader could tell.
+        live = live_members(after & before) | (after - before)
         need = len(after) // 2 + 1
         if len(live) < need:
             dead = ", ".join(sorted(after - live))
