@@ -192,3 +192,44 @@ def test_a_snapshot_installed_under_a_watch_gives_it_the_changes_or_ends_it(hist
         assert call.events == [] and call.failed is not None
         assert call.failed[0] == "TOO_LATE" and "snapshot at rev 11" in call.failed[1]
         assert resets == [11] and node.watches.count == 0
+
+
+class _Judging(_Undeciding):
+    """Hears from members a and b only; refuses nothing itself."""
+
+    max_item = 1 << 24
+
+    def live_members(self, nodes: set[str]) -> set[str]:
+        return nodes & {"a", "b"}
+
+
+def test_membership_changes_are_judged_by_the_members_kept() -> None:
+    """Members a, b live; c, d silent. A change that takes a member out must
+    leave a live quorum of the new set; one brought in counts as live (a
+    member does not hear followers, only the leader does)."""
+    from doozer import errors
+    from doozer.errors import DoozerError
+    from doozer.mutation import DEL
+
+    store = Store()
+    for slot, who in enumerate("abcd"):
+        store.apply(Mutation(SET, f"/ctl/node/{who}/addr", -1, b"x"))
+        store.apply(Mutation(SET, f"/ctl/cal/{slot}", -1, who.encode()))
+    node = Node(node_id="a", store=store, sequencer=_Judging())  # type: ignore[arg-type]
+
+    def refused(m: Mutation) -> str:
+        try:
+            node._live_quorum_check(m)
+        except DoozerError as e:
+            assert e.code == errors.PERMISSION
+            return e.detail
+        return ""
+
+    # {a, c, d}: one live of three
+    assert "1 of 3 members live" in refused(Mutation(DEL, "/ctl/cal/1"))
+    # d replaced by e: {a, b, c, e}, e taken as live: three of four
+    assert refused(Mutation(SET, "/ctl/cal/3", -1, b"e")) == ""
+    # d removed: {a, b, c}: two live of three
+    assert refused(Mutation(DEL, "/ctl/cal/3")) == ""
+    # an empty slot changes no member
+    assert refused(Mutation(SET, "/ctl/cal/9", 0, b"")) == ""
