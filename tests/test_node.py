@@ -233,3 +233,20 @@ def test_membership_changes_are_judged_by_the_members_kept() -> None:
     assert refused(Mutation(DEL, "/ctl/cal/3")) == ""
     # an empty slot changes no member
     assert refused(Mutation(SET, "/ctl/cal/9", 0, b"")) == ""
+
+
+def test_watches_and_rev_waits_make_a_node_watched() -> None:
+    """Node.watched tells the leader (through heartbeat answers) to send this
+    node decisions promptly even when it does not vote."""
+    node = Node(node_id="n", store=Store(), sequencer=_Undeciding())  # type: ignore[arg-type]
+    assert not node.watched()
+    sub = node.watches.subscribe("/**", 1, lambda ev, body: None, once=False)
+    assert node.watched()
+    sub.cancel()
+    assert not node.watched()
+    woke: list[int] = []
+    node.when_rev(node.store.rev + 1, lambda: woke.append(1))  # a WAIT for the next rev
+    assert node.watched()
+    node.store.apply(Mutation(SET, "/x", -1, b"1"))
+    node._wake_rev_waiters()
+    assert woke == [1] and not node.watched()

@@ -162,6 +162,25 @@ def test_hello_load_and_live_events() -> None:
     run(go())
 
 
+def test_a_page_following_the_tree_counts_as_a_watcher() -> None:
+    """A node with a page following its tree asks for decisions promptly
+    (Node.watched: the leader otherwise gathers values for a member that did
+    not vote for up to ~20 ms)."""
+
+    async def go() -> None:
+        async with viewer() as (node, web):
+            assert not node.watched()
+            async with client(web) as ws:
+                await ws.expect("hello")
+                assert not node.watched()  # connected, not following yet
+                await ws.send(op="sub")
+                await ws.load()
+                assert node.watched()
+            await until(lambda: not node.watched())
+
+    run(go())
+
+
 def test_a_snapshot_past_the_history_reloads_the_page() -> None:
     """A node far behind installs a snapshot: the page following its tree
     cannot be given the skipped events, so it gets the whole tree again."""
