@@ -254,6 +254,7 @@ class ClusterSequencer:
             node_id, config=config, rng=self.rng, durable=durable, applied=applied
         )
         self._idle_tick = min(IDLE_TICK, self.replica.cfg.heartbeat_interval / 4)
+        self._started_at = -math.inf  # when start() ran
         self.node: Node | None = None
         self.hub: PeerHub | None = None
         self.applied_instance = self.replica.applied
@@ -306,6 +307,7 @@ class ClusterSequencer:
     def start(self, node: Node) -> None:
         self.node = node
         self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         if self.datadir is not None:
             self.disk = DiskThread(self.datadir, self._loop)
         node.on_event(self._on_event)
@@ -454,10 +456,13 @@ class ClusterSequencer:
 
     def live_members(self, nodes: set[str]) -> set[str]:
         """Those of `nodes` heard from lately (members ping each other every
-        ping interval; three of them is lately), and this node."""
+        ping interval; three of them is lately), and this node. Until this
+        node has run that long it cannot tell, and takes them all as live."""
         assert self._loop is not None
         now = self._loop.time()
         window = 3 * self.replica.cfg.ping_interval
+        if now - self._started_at < window:
+            return set(nodes)
         heard = self.replica.heard
         return {x for x in nodes if x == self.node_id or now - heard.get(x, -math.inf) < window}
 

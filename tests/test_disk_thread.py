@@ -391,3 +391,19 @@ def test_an_idle_node_ticks_sparsely_and_work_brings_the_ticks_back() -> None:
     assert s._tick_at == pytest.approx(1.0 + 2 * TICK + s._idle_tick)
     s.replica.propose(["x"])  # the replica's own work counts too
     assert not s.replica.idle() and not s._idle()
+
+
+def test_a_node_just_started_takes_every_member_as_live() -> None:
+    """The live-quorum check needs three ping intervals of hearing; a member
+    restarted just now has heard nobody yet and must not call them dead."""
+    s = _sequencer("a" * 16, 1000)
+    loop = _FakeLoop()
+    s._loop = loop  # type: ignore[assignment]
+    window = 3 * s.replica.cfg.ping_interval
+    loop.t = 100.0
+    s._started_at = 100.0
+    s.replica.heard["b"] = 100.0
+    assert s.live_members({"a" * 16, "b", "c"}) == {"a" * 16, "b", "c"}
+    loop.t = 100.0 + window + 0.1
+    s.replica.heard["b"] = loop.t
+    assert s.live_members({"a" * 16, "b", "c"}) == {"a" * 16, "b"}
