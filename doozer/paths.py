@@ -151,21 +151,11 @@ def compile_glob(g: str) -> Callable[[str], bool]:
     return _nfa_matcher(toks)
 
 
-@lru_cache(maxsize=4096)
-def glob_prefix(g: str) -> str:
-    """The deepest path every match of `g` is, or lies under: the literal
-    leading names of `g` (all of `g` when it has no wildcard)."""
-    if not valid_glob(g):
-        raise errors.BadPath(None, f"bad glob {g!r}")
-    if g == "/":
-        return g
-    names = g.split("/")[1:]
-    lit: list[str] = []
-    for name in names:
-        if _WILD.intersection(name):
-            break
-        lit.append(name)
-    return "/" + "/".join(lit)
+def name_matcher(name: str) -> Callable[[str], bool]:
+    """A predicate telling whether one path name matches `name`, a glob's name
+    without `**` (`*` and `?` never cross a `/`)."""
+    match = compile_glob("/" + name)
+    return lambda n: match("/" + n)
 
 
 def is_literal(g: str) -> bool:

@@ -26,15 +26,21 @@ len(path) for the event, plus the length of the value the change superseded
 from __future__ import annotations
 
 import base64
+import binascii
+import heapq
+import itertools
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import TypeVar
+
+import orjson
 
 from doozer import errors
 from doozer.mutation import CLOBBER, DEL, NOP, SET, Mutation
-from doozer.paths import check_path, compile_glob, glob_prefix, is_literal, under, valid_path
+from doozer.paths import check_path, compile_glob, is_literal, name_matcher, under, valid_path
 
 FLAG_SET = 4
 FLAG_DEL = 8
@@ -47,6 +53,109 @@ SNAPSHOT_VERSION = 1
 _EVENT_COST = 160
 
 _MISSING: tuple[bytes, int] = (b"", 0)
+
+
+_T = TypeVar("_T")
+
+_SORT_RUN = 16384  # keys sorted per step of a frozen walk: ~6 ms here
+_WALK_CAP = 10_000  # WALK candidates gathered at once (a few ms); more go frozen
+_ENCODE_BATCH = 2000  # files b64-encoded per step of a snapshot: ~2 ms
+
+
+def last(steps: Iterator[_T | None]) -> _T:
+    """Run stepped work to its end at once: its final result."""
+    out = deque(steps, maxlen=1)
+    assert out and out[0] is not None
+    return out[0]
+
+
+class FrozenTree:
+    """The files of a store at one rev (`Store.freeze`), never changed after."""
+
+    __slots__ = ("files", "rev")
+
+    def __init__(self, files: dict[str, tuple[bytes, int]], rev: int) -> None:
+        self.files = files
+        self.rev = rev
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, size: int = 1000) -> Iterator[list[tuple[str, int, bytes]]]:
+        """Every file as (path, file_rev, value), sorted by path, `size` at a time,
+        in bounded steps (see `sorted_batches`)."""
+        files = self.files
+        for keys in sorted_batches(files, size):
+            yield [(p, (st := files[p])[1], st[0]) for p in keys]
+
+
+def sorted_batches(keys: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    """`keys`, sorted, `size` at a time; each step costs a bounded amount of
+    work: first one sorted run of keys per step (yielding an empty batch), then
+    one batch per step, merged from the runs. So a million keys never stall a
+    caller for more than a few ms. `keys` must not change meanwhile."""
+    it = iter(keys)
+    runs = []
+    while run := sorted(islice(it, _SORT_RUN)):
+        runs.append(run)
+        yield []
+    merged: Iterator[str] = heapq.merge(*runs) if len(runs) > 1 else iter(runs[0] if runs else ())
+    while batch := list(islice(merged, size)):
+        yield batch
+
+
+def _matching(
+    batches: Iterator[list[tuple[str, int, bytes]]], match: Callable[[str], bool]
+) -> Iterator[list[tuple[str, int, bytes]]]:
+    for batch in batches:
+        yield [f for f in batch if match(f[0])]
+
+
+def _paged(batches: Iterator[list[_T]], offset: int, limit: int | None) -> Iterator[list[_T]]:
+    """`batches` from the `offset`-th item, at most `limit` items in all."""
+    left = limit
+    for batch in batches:
+        if offset:
+            skip = min(offset, len(batch))
+            offset -= skip
+            batch = batch[skip:]
+        if left is not None:
+            if len(batch) >= left:
+                yield batch[:left]
+                return
+            left -= len(batch)
+        yield batch
+
+
+def _encode_snapshot(
+    head: bytes, tree: FrozenTree, events: list[Event]
+) -> Iterator[list[bytes] | None]:
+    b64 = binascii.b2a_base64
+    dumps = orjson.dumps
+    parts = [head]
+    sep = b""
+    for batch in tree.batches(_ENCODE_BATCH):
+        if batch:
+            rows = [[p, fr, b64(v, newline=False).decode("ascii")] for p, fr, v in batch]
+            parts.append(sep + dumps(rows)[1:-1])
+            sep = b","
+        yield None
+    parts.append(b'],"events":[')
+    sep = b""
+    for k in range(0, len(events), _ENCODE_BATCH):
+        erows = [
+            [
+                e.rev,
+                e.path,
+                None if e.value is None else b64(e.value, newline=False).decode("ascii"),
+            ]
+            for e in events[k : k + _ENCODE_BATCH]
+        ]
+        parts.append(sep + dumps(erows)[1:-1])
+        sep = b","
+        yield None
+    parts.append(b"]}")
+    yield parts
 
 
 @dataclass(slots=True)
@@ -421,21 +530,32 @@ class Store:
     ) -> list[str]:
         """Entry names of directory `path`, sorted; NoEnt if missing, NotDir if a file
         or through a file."""
+        return list(itertools.chain.from_iterable(self.getdir_batches(path, rev, offset, limit)))
+
+    def getdir_batches(
+        self, path: str, rev: int | None = None, offset: int = 0, limit: int | None = None
+    ) -> Iterator[list[str]]:
+        """`getdir` in sorted batches of bounded work each, as `walk_batches`:
+        a directory of a million entries is copied at once (~20 ms) and sorted
+        in steps. A sorted listing of the current tree is cached until the
+        directory changes (big ones excepted: they are sorted in steps)."""
         r = self._at(rev)
         check_path(path)
         _check_range(offset, limit)
         if r is None:
             names = self._sorted.get(path)
-            if names is None:
-                kids = self._dirs.get(path)
-                if kids is not None:
-                    names = self._sorted[path] = sorted(kids)
             if names is not None:
-                return _page(names, offset, limit)
+                return iter([_page(names, offset, limit)])
+            kids = self._dirs.get(path)
+            if kids is not None:
+                if len(kids) > _WALK_CAP:
+                    return _paged(sorted_batches(set(kids)), offset, limit)
+                names = self._sorted[path] = sorted(kids)
+                return iter([_page(names, offset, limit)])
             is_file = path in self._files
         else:
             if self._is_dir_at(path, r):
-                return _page(sorted(self._names_at(path, r)), offset, limit)
+                return _paged(sorted_batches(self._names_at(path, r)), offset, limit)
             is_file = self._file_at(path, r) is not None
         if is_file:
             raise errors.NotDir(None, f"{path} is a file")
@@ -448,41 +568,76 @@ class Store:
         self, glob: str, rev: int | None = None, offset: int = 0, limit: int | None = None
     ) -> list[tuple[str, int, bytes]]:
         """Every file matching `glob`, sorted by path: (path, file_rev, value)."""
+        return list(itertools.chain.from_iterable(self.walk_batches(glob, rev, offset, limit)))
+
+    def walk_batches(
+        self, glob: str, rev: int | None = None, offset: int = 0, limit: int | None = None
+    ) -> Iterator[list[tuple[str, int, bytes]]]:
+        """`walk` in sorted batches, each step of bounded work (see
+        `FrozenTree.batches`; empty batches are pauses). The state is the one
+        at this call, however late the steps run. Candidates are gathered
+        through the directories the glob names, so `/locks/*` costs what
+        `/locks` holds, not what the tree holds; past `_WALK_CAP` of them
+        the files are frozen and filtered a step at a time instead."""
         r = self._at(rev)
         match = compile_glob(glob)
         _check_range(offset, limit)
-        prefix = glob_prefix(glob)
         if is_literal(glob):
             paths = [glob]
         else:
-            paths = [p for p in self._candidates(prefix, r) if match(p)]
-            paths.sort()
+            paths = list(islice(self._glob_candidates(glob, r), _WALK_CAP + 1))
+            if len(paths) > _WALK_CAP:
+                steps = _matching(self.freeze(rev).batches(), match)
+                return _paged(steps, offset, limit)
         out = []
-        if r is None:
-            files = self._files
-            for p in paths:
-                st = files.get(p)
-                if st is not None:
-                    out.append((p, st[1], st[0]))
-        else:
-            for p in paths:
-                st = self._file_at(p, r)
-                if st is not None:
-                    out.append((p, st[1], st[0]))
-        return _page(out, offset, limit)
+        for p in sorted(paths):
+            st = self._files.get(p) if r is None else self._file_at(p, r)
+            if st is not None and match(p):
+                out.append((p, st[1], st[0]))
+        return iter([_page(out, offset, limit)])
 
-    def _candidates(self, prefix: str, rev: int | None) -> Iterator[str]:
-        """Paths that may be files under `prefix` at `rev` (a superset, unordered)."""
-        if prefix == "/":
+    def _glob_candidates(self, glob: str, rev: int | None) -> Iterator[str]:
+        """Paths that may be files matching `glob` at `rev` (a superset, unordered),
+        found by following the glob's names down the tree: a name without a
+        wildcard is looked up, one with `*` or `?` filters a directory's
+        entries, and from a name with `**` on every file below is a candidate."""
+        names = glob.split("/")[1:]
+        last = len(names) - 1
+        stack = [("/", 0)]
+        while stack:
+            d, k = stack.pop()
+            name = names[k]
+            if "**" in name:
+                yield from self._files_under(d, rev)
+                continue
+            base = d if d != "/" else ""
+            if is_literal(name):
+                kids: Iterable[str] = (name,)
+            else:
+                m = name_matcher(name)
+                kids = [n for n in self._names(d, rev) if m(n)]
+            for n in kids:
+                p = f"{base}/{n}"
+                if k == last:
+                    yield p
+                elif (p in self._dirs) if rev is None else self._is_dir_at(p, rev):
+                    stack.append((p, k + 1))
+
+    def _names(self, d: str, rev: int | None) -> Iterable[str]:
+        if rev is None:
+            return self._dirs.get(d, ())
+        return self._names_at(d, rev)
+
+    def _files_under(self, d: str, rev: int | None) -> Iterator[str]:
+        """Paths that may be files under directory `d` at `rev` (a superset)."""
+        if d == "/":
             yield from self._files
-        elif prefix in self._files:
-            yield prefix
-        elif prefix in self._dirs:
-            yield from self._subtree(prefix)
+        elif d in self._dirs:
+            yield from self._subtree(d)
         if rev is not None:
             files = self._files
             for p in self._fhist:
-                if p not in files and under(p, prefix):
+                if p not in files and under(p, d):
                     yield p
 
     def _subtree(self, d: str) -> Iterator[str]:
@@ -511,25 +666,30 @@ class Store:
             )
         return list(islice(events, rev - events[0].rev, None))
 
-    def iter_files(self, rev: int | None = None) -> Iterator[tuple[str, int, bytes]]:
-        """Every file at `rev` (default: the current rev, fixed at the call), sorted by
-        path, as (path, file_rev, value). Stays consistent if mutations are applied
-        between items, as long as `rev` stays in the window (TooLate otherwise)."""
+    def freeze(self, rev: int | None = None) -> FrozenTree:
+        """The files at `rev` (default: the current rev), copied so that they can
+        be walked in small steps while the store moves on. TooLate if `rev` is
+        older than the history."""
         if rev is None:
             rev = self.rev
         else:
             self._at(rev)
-        paths = set(self._files)
-        paths.update(self._fhist)
-        return self._iter_files(sorted(paths), rev)
+        # A dict copy shares the values: ~30 ms per million files here, where
+        # sorting the live tree would stall the caller for most of a second.
+        files = self._files.copy()
+        for p, h in self._fhist.items():
+            if h.revs[-1] > rev:
+                st = h.olds[bisect_right(h.revs, rev)]
+                if st is None:
+                    files.pop(p, None)
+                else:
+                    files[p] = st
+        return FrozenTree(files, rev)
 
-    def _iter_files(self, paths: list[str], rev: int) -> Iterator[tuple[str, int, bytes]]:
-        for p in paths:
-            if rev < self.oldest and rev:
-                raise errors.TooLate(None, f"rev {rev} fell out of the history")
-            st = self._file_at(p, rev)
-            if st is not None:
-                yield p, st[1], st[0]
+    def iter_files(self, rev: int | None = None) -> Iterator[tuple[str, int, bytes]]:
+        """Every file at `rev` (default: the current rev, fixed at the call), sorted by
+        path, as (path, file_rev, value); unaffected by later mutations."""
+        return itertools.chain.from_iterable(self.freeze(rev).batches())
 
     @property
     def history_bytes(self) -> int:
@@ -551,21 +711,17 @@ class Store:
          "files": [[path, file_rev, value_b64], ...],   # tree at min(o, N), sorted
          "events": [[rev, path, value_b64 or None], ...]}  # revs o..N; None: delete
         """
-        b64 = base64.b64encode
-        files = []
-        if self.rev:
-            files = [[p, fr, b64(v).decode("ascii")] for p, fr, v in self.iter_files(self.oldest)]
-        events = [
-            [e.rev, e.path, None if e.value is None else b64(e.value).decode("ascii")]
-            for e in self._events
-        ]
-        return {
-            "v": SNAPSHOT_VERSION,
-            "rev": self.rev,
-            "oldest": self.oldest,
-            "files": files,
-            "events": events,
-        }
+        return orjson.loads(b"".join(last(self.snapshot_steps())))
+
+    def snapshot_steps(self) -> Iterator[list[bytes] | None]:
+        """`snapshot()` as JSON, in small steps: the state is frozen by this call,
+        each step of the iterator costs a few ms at most and yields None, and the
+        last yields the JSON in parts (joined, a million files would be copied
+        whole once more). The store may change between steps."""
+        tree = self.freeze(min(self.oldest, self.rev)) if self.rev else FrozenTree({}, 0)
+        events = list(self._events)
+        head = b'{"v":%d,"rev":%d,"oldest":%d,"files":[' % (SNAPSHOT_VERSION, self.rev, self.oldest)
+        return _encode_snapshot(head, tree, events)
 
     @classmethod
     def restore(cls, d: dict, hist: int = DEFAULT_HIST, hist_bytes: int | None = None) -> Store:

@@ -84,8 +84,6 @@ def test_glob_cases(g: str, p: str, want: bool) -> None:
 def test_bad_glob(g: str) -> None:
     with pytest.raises(errors.BadPath):
         paths.compile_glob(g)
-    with pytest.raises(errors.BadPath):
-        paths.glob_prefix(g)
 
 
 def test_compile_glob_is_cached() -> None:
@@ -101,22 +99,10 @@ def test_many_stars_use_the_linear_matcher() -> None:
     assert paths.compile_glob("/*a*a*a*a*a*a*a*b")("/" + "a" * 400) is False
 
 
-@pytest.mark.parametrize(
-    ("g", "want"),
-    [
-        ("/", "/"),
-        ("/**", "/"),
-        ("/*", "/"),
-        ("/a*", "/"),
-        ("/a/**", "/a"),
-        ("/a/b/*", "/a/b"),
-        ("/a/b*/c", "/a"),
-        ("/a/?/c", "/a"),
-        ("/a/b", "/a/b"),
-    ],
-)
-def test_glob_prefix(g: str, want: str) -> None:
-    assert paths.glob_prefix(g) == want
+def test_name_matcher_matches_one_name() -> None:
+    m = paths.name_matcher("a*b?")
+    assert m("ab_") and m("axxbc") and not m("ab") and not m("a/bc")
+    assert paths.name_matcher("x")("x") and not paths.name_matcher("x")("xy")
 
 
 def test_is_literal_and_under() -> None:
@@ -174,10 +160,3 @@ def test_glob_matches_reference(g: str, p: str) -> None:
     toks = paths._tokens(g)
     assert paths._regex_matcher(toks)(p) is want
     assert paths._nfa_matcher(toks)(p) is want
-
-
-@settings(max_examples=300, deadline=None)
-@given(glob_st, path_st)
-def test_matches_lie_under_prefix(g: str, p: str) -> None:
-    if paths.compile_glob(g)(p):
-        assert paths.under(p, paths.glob_prefix(g))

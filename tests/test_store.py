@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from doozer import errors
+from doozer import store as store_mod
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.store import FLAG_DEL, FLAG_SET, Applied, Event, Store
 
@@ -435,8 +436,28 @@ def test_iter_files() -> None:
     mset(t, "/a")
     it = t.iter_files(1)
     mset(t, "/a")
-    with pytest.raises(errors.TooLate):
-        list(it)
+    mset(t, "/a")  # rev 1 leaves the window: the frozen files stay readable
+    assert t.oldest > 1
+    assert list(it) == [("/a", 1, b"v")]
+
+
+def test_frozen_batches_sort_like_paths_and_step_in_bounded_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_mod, "_SORT_RUN", 7)
+    s = Store()
+    names = [f"/d{i % 5}/{'-.x_'[i % 4]}{i * 7919 % 1000}" for i in range(200)]
+    names += ["/a", "/a-b", "/a.b/c", "/a0"]  # '-' and '.' sort before '/' and digits
+    for p in names:
+        mset(s, p, p.encode())
+    tree = s.freeze()
+    steps = list(tree.batches(size=10))
+    runs = -(-len(set(names)) // 7)
+    assert all(b == [] for b in steps[:runs])  # one sorted run per step
+    assert all(0 < len(b) <= 10 for b in steps[runs:])
+    flat = [p for b in steps for p, _, _ in b]
+    assert flat == sorted(set(names))
+    assert s.freeze().files == tree.files
 
 
 def every_read(s: Store) -> dict:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from doozer import errors
+from doozer import store as store_mod
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.store import FLAG_DEL, FLAG_SET, Event, Store
 
@@ -107,7 +108,20 @@ def check_reads(s: Store, trees: list[Tree], revs: list[int | None]) -> None:
             for verb in ("get", "stat", "getdir"):
                 assert store_read(s, verb, p, r) == model_read(tree, verb, p), (verb, p, r)
         for g in GLOBS:
-            assert store_read(s, "walk", g, r) == model_read(tree, "walk", g), (g, r)
+            want = model_read(tree, "walk", g)
+            assert store_read(s, "walk", g, r) == want, (g, r)
+            # The frozen, stepped walk of big matches, from tiny sorted runs.
+            cap, run = store_mod._WALK_CAP, store_mod._SORT_RUN
+            store_mod._WALK_CAP, store_mod._SORT_RUN = 0, 2
+            try:
+                s._sorted.clear()  # no cached listing: big directories, sorted in steps
+                for p in PROBES:
+                    assert store_read(s, "getdir", p, r) == model_read(tree, "getdir", p)
+                assert store_read(s, "walk", g, r) == want, (g, r, "frozen")
+                assert s.walk(g, r, offset=1, limit=2) == want[1:3], (g, r)  # type: ignore[index]
+                assert s.walk(g, r, offset=2) == want[2:], (g, r)  # type: ignore[index]
+            finally:
+                store_mod._WALK_CAP, store_mod._SORT_RUN = cap, run
 
 
 def check_window(s: Store, trees: list[Tree], events: list[Event]) -> None:

@@ -196,23 +196,32 @@ class Session:
             else:
                 await self._send_at(item)
 
-    def _files(self, rev: int) -> Iterator[tuple[str, int, bytes]]:
+    def _files(self, rev: int) -> Iterator[list[tuple[str, int, bytes]]]:
+        """The files at `rev`, frozen now (TooLate if the rev left the history),
+        in sorted batches of bounded work each (see `FrozenTree.batches`)."""
         store = self.viewer.node.store
         if rev == 0:
             return iter(())
-        return store.iter_files(None if rev == store.rev else rev)
+        return store.freeze(None if rev == store.rev else rev).batches()
 
-    def _chunks(self, it: Iterator[tuple[str, int, bytes]]) -> Iterator[list[dict[str, Any]]]:
-        """The files of `it`, a few hundred at a time. TooLate may come out of any
-        step if the rev leaves the history window mid-way."""
+    def _chunks(
+        self, batches: Iterator[list[tuple[str, int, bytes]]]
+    ) -> Iterator[list[dict[str, Any]] | None]:
+        """The files of `batches`, a few hundred per chunk; None after a step
+        that filled no chunk, for the caller to let the loop run (a big tree is
+        sorted over many steps)."""
         chunk: list[dict[str, Any]] = []
         size = 0
-        for path, rev, value in it:
-            chunk.append(wire.file_entry(path, rev, value))
-            size += len(path) + min(len(value), wire.PREVIEW) + 48
-            if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
-                yield chunk
-                chunk, size = [], 0
+        for batch in batches:
+            full = False
+            for path, rev, value in batch:
+                chunk.append(wire.file_entry(path, rev, value))
+                size += len(path) + min(len(value), wire.PREVIEW) + 48
+                if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                    yield chunk
+                    chunk, size, full = [], 0, True
+            if not full:
+                yield None
         yield chunk  # the last, maybe empty
 
     async def _send_load(self, load: _Load) -> None:
@@ -226,13 +235,15 @@ class Session:
                 for chunk in chunks:
                     if load.gen != self._gen:
                         return
-                    if chunk:
+                    if chunk is None:
+                        await asyncio.sleep(0)
+                    elif chunk:
                         await self._send(wire.message("files", files=chunk))
                 await self._send(wire.message("loaded", rev=rev, recent=self._recent(rev)))
                 return
             except errors.TooLate:
-                # The rev left the history while we sent (a slow page, a fast writer).
-                # Start over at the newest rev handed out; every event queued so far
+                # The rev left the history before we froze it (a slow page, a fast
+                # writer). Start over at the newest rev handed out; every event queued so far
                 # is at or below it, so it is dropped, not repeated.
                 self._drop_queued_events()
                 load.rev = self.viewer.flushed_rev
@@ -255,6 +266,9 @@ class Session:
             for chunk in self._chunks(self._files(at.rev)):
                 if at.req_id != self._at_id:
                     return
+                if chunk is None:
+                    await asyncio.sleep(0)
+                    continue
                 if held is not None:
                     await self._send(
                         wire.message("at", id=at.req_id, rev=at.rev, files=held, done=False)
