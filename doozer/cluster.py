@@ -36,8 +36,9 @@ from doozer.node import Node
 from doozer.peer import MAX_ITEM, PeerHub, join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import Proposal
-from doozer.storage import DataDir, StorageError
-from doozer.store import Event, Store
+from doozer.stepper import Stepper
+from doozer.storage import DataDir, EncodedSnapshot, StorageError
+from doozer.store import Event, Store, last
 from doozer.version import __version__
 
 log = logging.getLogger("doozer")
@@ -67,6 +68,19 @@ LATE_WARN_RATE = 1.0  # late votes a second from one member that make it a warni
 INLINE_SYNC_MAX = 0.002  # s: fsyncs slower than this (smoothed) go to the disk thread
 
 
+class LogMark:
+    """A log position, filled in by the disk thread (see `DiskThread.mark`)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+
+
+def _no_done(err: str | None) -> None:
+    pass
+
+
 class DiskThread:
     """The data dir's writer. A fast disk is synced on the loop's thread
     (`sync_inline`); a slow one on this thread, so the event loop keeps
@@ -89,10 +103,26 @@ class DiskThread:
             self._jobs.append(("log", records, done))
             self._cv.notify()
 
-    def snapshot(self, snap: dict, done: Callable[[str | None], None]) -> None:
+    def snapshot(
+        self,
+        snap: EncodedSnapshot,
+        done: Callable[[str | None], None],
+        mark: LogMark | None = None,
+    ) -> None:
+        """Save `snap` as covering the records submitted before `mark` (default:
+        before this call)."""
         with self._cv:
-            self._jobs.append(("snap", snap, done))
+            self._jobs.append(("snap", (snap, mark), done))
             self._cv.notify()
+
+    def mark(self) -> LogMark:
+        """The log position after every record submitted so far, once the
+        thread has appended them: where a snapshot of the state now begins."""
+        m = LogMark()
+        with self._cv:
+            self._jobs.append(("mark", m, _no_done))
+            self._cv.notify()
+        return m
 
     def sync_inline(self, records: list[list]) -> tuple[bool, str | None]:
         """Append and fsync on the caller's thread if the disk is fast and the
@@ -145,11 +175,15 @@ class DiskThread:
         dd = self.dd
         i = 0
         while i < len(jobs):
+            if jobs[i][0] == "mark":
+                jobs[i][1].seq = dd.seq
+                i += 1
+                continue
             if jobs[i][0] == "snap":
-                _, snap, done = jobs[i]
+                _, (snap, mark), done = jobs[i]
                 err = None
                 try:
-                    dd.save_snapshot(snap)
+                    dd.save_snapshot(snap, None if mark is None else mark.seq)
                 except StorageError as e:
                     err = str(e)
                 except Exception as e:  # a bug: fail the job, keep the thread
@@ -280,6 +314,7 @@ class ClusterSequencer:
         self._cal_dirty = True
         self._nodes_dirty = True
         self._snapshot_task: asyncio.Task | None = None
+        self._snap_stepper: Stepper[list[bytes]] | None = None  # a snapshot being encoded
         self._follower_seen: dict[str, float] = {}
         self._followers_ballot: Any = None  # the leadership _follower_seen is timed under
         self._removing: set[str] = set()
@@ -432,6 +467,8 @@ class ClusterSequencer:
             self._early_tick.cancel()
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
+        if self._snap_stepper is not None:
+            self._snap_stepper.cancel()
         if self.hub is not None:
             self.hub.close()
         for done, _ in self._reads.values():
@@ -853,30 +890,43 @@ class ClusterSequencer:
 
     def save_snapshot(self, force: bool = False) -> None:
         """Write the node's state at the applied instance with the acceptor's
-        durable state (on the disk thread, after every record already
-        submitted), then let the replica forget what the snapshot covers."""
+        durable state, as covering every record already submitted to the disk;
+        then let the replica forget what the snapshot covers.
+
+        A big tree takes seconds to encode, so it is encoded a slice at a time
+        (a leader stalled that long would lose its leadership) while the log
+        goes on; the snapshot then covers the records up to the moment of the
+        freeze. `force` (after installing a peer's snapshot) encodes at once:
+        that snapshot must reach the disk ahead of the records that follow."""
         dd, node = self.datadir, self.node
         if dd is None or node is None or (self._snapshotting and not force):
             return
+        if self._snap_stepper is not None:
+            self._snap_stepper.cancel()  # superseded by this one
+            self._snap_stepper = None
         inst = self.applied_instance
         self._snap_gap = self._draw_snap_gap()
-        durable = self.replica.ds.to_json(covered=inst)
-        snap = {"instance": inst, "node": node.snapshot(), "durable": durable}
+        head = b'{"instance":%d,"durable":%s,"node":' % (
+            inst,
+            orjson.dumps(self.replica.ds.to_json(covered=inst)),
+        )
+        steps = node.snapshot_steps()
         self._snap_rev = node.store.rev
+
+        def whole(parts: list[bytes]) -> EncodedSnapshot:
+            return EncodedSnapshot(inst, [head, *parts, b"}"])
+
         if self.disk is None:
-            dd.save_snapshot(snap)
+            dd.save_snapshot(whole(last(steps)))
             self.replica.compact(inst)
             return
         self._flush_lazy()  # the log before the snapshot holds every record before it
         self._snapshotting = True
 
-        def done(err: str | None) -> None:
+        def saved(err: str | None) -> None:
             self._snapshotting = False
             if err is not None:
-                self._snap_backoff = min(SNAP_RETRY_MAX, max(1.0, 2 * self._snap_backoff))
-                assert self._loop is not None
-                self._snap_retry_at = self._loop.time() + self._snap_backoff
-                log.error("snapshot failed: %s; trying again in %.0fs", err, self._snap_backoff)
+                self._snap_failed(err)
                 return
             self._snap_backoff = 0.0
             # Not past the snapshot (a compaction ahead of it would lose
@@ -888,7 +938,29 @@ class ClusterSequencer:
             self.replica.compact(upto)
             self._kick()
 
-        self.disk.snapshot(snap, done)
+        def encoded(parts: list[bytes]) -> None:
+            self._snap_stepper = None
+            assert self.disk is not None
+            self.disk.snapshot(whole(parts), saved, mark)
+
+        def failed(e: BaseException) -> None:
+            self._snap_stepper = None
+            self._snapshotting = False
+            log.error("encoding a snapshot failed", exc_info=e)
+            self._snap_failed(f"encoding failed: {e!r}")
+
+        if force:
+            self.disk.snapshot(whole(last(steps)), saved)
+            return
+        mark = self.disk.mark()
+        assert self._loop is not None
+        self._snap_stepper = Stepper(self._loop, steps, encoded, failed)
+
+    def _snap_failed(self, err: str) -> None:
+        self._snap_backoff = min(SNAP_RETRY_MAX, max(1.0, 2 * self._snap_backoff))
+        assert self._loop is not None
+        self._snap_retry_at = self._loop.time() + self._snap_backoff
+        log.error("snapshot failed: %s; trying again in %.0fs", err, self._snap_backoff)
 
     def _free_some(self) -> None:
         grave = self._graveyard

@@ -12,14 +12,17 @@ import heapq
 import itertools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+import orjson
 
 from doozer import errors
 from doozer.errors import DoozerError
 from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.protocol import Request, encode_value
 from doozer.sequencer import Proposal, Sequencer
+from doozer.stepper import Gone, Lane
 from doozer.store import Applied, Event, Store
 from doozer.watch import Subscription, WatchRegistry
 
@@ -34,6 +37,9 @@ class Call(Protocol):
 
     def ok(self, resp: dict) -> None: ...
 
+    def ok_parts(self, resp: dict, key: str, parts: list[bytes]) -> None:
+        """`ok(resp)` with one more field, `key`, whose JSON is b"".join(parts)."""
+
     def fail(self, code: str, detail: str) -> None: ...
 
     def event(self, body: bytes, final: bool) -> bool:
@@ -42,6 +48,9 @@ class Call(Protocol):
         the stream was ended."""
 
     def set_cancel(self, cancel: Callable[[], None]) -> None: ...
+
+    def gone(self) -> bool:
+        """True once no answer can reach the client (its connection closed)."""
 
 
 def _valid_cal_name(name: str) -> bool:
@@ -82,11 +91,13 @@ class Node:
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_idle = False  # the sweeper is armed at its idle pace
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lane: Lane | None = None  # big answers, built one at a time
 
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._lane = Lane(self._loop)
         if self._clock is None:
             self._clock = self._loop.time
         self.sequencer.start(self)
@@ -102,6 +113,9 @@ class Node:
             cb(None, f"{detail}; the write's outcome is unknown")
         for sub in self.watches.close_all():
             del sub
+        if self._lane is not None:
+            for failed in self._lane.close():
+                failed(errors.Unavailable(None, detail))
         self.sequencer.close()
 
     def on_event(self, hook: Callable[[Event], None]) -> None:
@@ -412,26 +426,41 @@ class Node:
         self._linearizable(req, call, serve)
 
     def _getdir(self, req: Request, call: Call) -> None:
-        def serve() -> None:
+        def make() -> Iterator[tuple[dict, list[bytes]] | None]:
             store = self.store
             snap = store.rev if req.rev is None else req.rev
-            entries = store.getdir(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
-            call.ok({"entries": entries, "rev": snap})
+            batches = store.getdir_batches(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
+            return _encode_list(batches, {"rev": snap})
 
-        self._linearizable(req, call, serve)
+        self._linearizable(req, call, lambda: self._heavy(make, call, "entries"))
 
     def _walk(self, req: Request, call: Call) -> None:
-        def serve() -> None:
+        def make() -> Iterator[tuple[dict, list[bytes]] | None]:
             store = self.store
             snap = store.rev if req.rev is None else req.rev
-            files = []
-            for path, rev, value in store.walk(req.path, req.rev, req.offset, req.limit):  # type: ignore[arg-type]
-                f: dict[str, Any] = {"path": path, "rev": rev}
-                encode_value(f, value)
-                files.append(f)
-            call.ok({"files": files, "rev": snap})
+            batches = store.walk_batches(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
+            return _encode_files(batches, {"rev": snap})
 
-        self._linearizable(req, call, serve)
+        self._linearizable(req, call, lambda: self._heavy(make, call, "files"))
+
+    def _heavy(
+        self, make: Callable[[], Iterator[tuple[dict, list[bytes]] | None]], call: Call, key: str
+    ) -> None:
+        """Answer `call` with the (response, JSON parts of `key`) that the steps
+        `make()` gives end with: a big answer (a WALK or SNAPSHOT of a million
+        files takes seconds) is built a slice at a time, one at a time."""
+
+        def failed(e: BaseException) -> None:
+            if isinstance(e, Gone):
+                return  # nobody to answer
+            if isinstance(e, DoozerError):
+                call.fail(e.code, e.detail)
+                return
+            log.error("building an answer failed", exc_info=e)
+            call.fail(errors.OTHER, f"building the answer failed: {e!r}")
+
+        assert self._lane is not None
+        self._lane.run(make, lambda out: call.ok_parts(out[0], key, out[1]), failed, call.gone)
 
     def _rev(self, req: Request, call: Call) -> None:
         req.rev = None
@@ -631,16 +660,19 @@ class Node:
     def _watch(self, req: Request, call: Call) -> None:
         self._wait(req, call, False)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot_steps(self) -> Iterator[list[bytes] | None]:
         """Everything another node needs to continue from this node's applied
-        state: the store (with its history window), the de-duplication state,
-        and whatever the sequencer adds (log position, membership schedule)."""
+        state, as JSON parts: the store (with its history window), the
+        de-duplication state, and whatever the sequencer adds (log position,
+        membership schedule). The state is the one at this call; the encoding
+        comes in steps of a few ms (for a `Stepper`): a million files take
+        seconds."""
+        store = self.store.snapshot_steps()
         meta = getattr(self.sequencer, "snapshot_meta", None)
-        return {
-            "store": self.store.snapshot(),
-            "origins": list(self._origins.items()),
-            "meta": meta() if meta is not None else {},
-        }
+        head = orjson.dumps(
+            {"origins": list(self._origins.items()), "meta": meta() if meta is not None else {}}
+        )
+        return _wrap_parts(store, head[:-1] + b',"store":', b"}")
 
     def install_snapshot(self, snap: dict[str, Any]) -> None:
         """Replace this node's state with a snapshot (a joiner, or a node too
@@ -675,10 +707,10 @@ class Node:
     def _snapshot(self, req: Request, call: Call) -> None:
         """SNAPSHOT: the node's state at one rev, in one line (backup, joining)."""
 
-        def serve() -> None:
-            call.ok({"snapshot": self.snapshot(), "rev": self.store.rev})
+        def make() -> Iterator[tuple[dict, list[bytes]] | None]:
+            return _with_resp(self.snapshot_steps(), {"rev": self.store.rev})
 
-        self._linearizable(req, call, serve)
+        self._linearizable(req, call, lambda: self._heavy(make, call, "snapshot"))
 
     def _cluster(self, req: Request, call: Call) -> None:
         """CLUSTER: what a joining node needs to know first."""
@@ -695,6 +727,53 @@ class Node:
         if info is not None:
             resp.update(info())
         call.ok(resp)
+
+
+def _with_resp(
+    steps: Iterator[list[bytes] | None], resp: dict
+) -> Iterator[tuple[dict, list[bytes]] | None]:
+    for out in steps:
+        yield None if out is None else (resp, out)
+
+
+def _encode_files(
+    batches: Iterator[list[tuple[str, int, bytes]]], resp: dict
+) -> Iterator[tuple[dict, list[bytes]] | None]:
+    """WALK's `files`: a JSON list in parts, a batch per step; `resp` with it."""
+
+    def files(batch: list[tuple[str, int, bytes]]) -> list[dict[str, Any]]:
+        out = []
+        for path, rev, value in batch:
+            f: dict[str, Any] = {"path": path, "rev": rev}
+            encode_value(f, value)
+            out.append(f)
+        return out
+
+    return _encode_list((files(b) for b in batches), resp)
+
+
+def _encode_list(
+    batches: Iterator[list[Any]], resp: dict
+) -> Iterator[tuple[dict, list[bytes]] | None]:
+    """The items of `batches` as one JSON list in parts, a batch per step;
+    `resp` with it. The pauses come between batches: one batch is one step."""
+    parts = [b"["]
+    sep = b""
+    for k, batch in enumerate(batches):
+        if k:
+            yield None
+        if batch:
+            parts.append(sep + orjson.dumps(batch)[1:-1])
+            sep = b","
+    parts.append(b"]")
+    yield resp, parts
+
+
+def _wrap_parts(
+    steps: Iterator[list[bytes] | None], head: bytes, tail: bytes
+) -> Iterator[list[bytes] | None]:
+    for out in steps:
+        yield None if out is None else [head, *out, tail]
 
 
 def _matcher(glob: str) -> Callable[[str], bool]:

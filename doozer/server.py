@@ -74,7 +74,21 @@ class ClientCall:
         self._finish()
         if self.has_tag:
             resp = {"tag": self.tag, **resp}
-        self.conn.write(orjson.dumps(resp) + b"\n")
+        self.conn.write(orjson.dumps(resp, option=orjson.OPT_APPEND_NEWLINE))
+
+    def ok_parts(self, resp: dict, key: str, parts: list[bytes]) -> None:
+        if self.done:
+            return
+        self._finish()
+        conn = self.conn
+        # Laid out as ok() would: {"tag":…,"<key>":…,<resp>}
+        head = b'{"tag":%s,' % orjson.dumps(self.tag) if self.has_tag else b"{"
+        conn.write(b'%s"%s":' % (head, key.encode()))
+        for p in parts:  # a big answer: written as it is, never joined
+            conn.write(p)
+        conn.write(
+            b"," + orjson.dumps(resp, option=orjson.OPT_APPEND_NEWLINE)[1:] if resp else b"}\n"
+        )
 
     def fail(self, code: str, detail: str) -> None:
         if self.done:
@@ -103,6 +117,11 @@ class ClientCall:
 
     def set_cancel(self, cancel: Callable[[], None]) -> None:
         self.cancel = cancel
+
+    def gone(self) -> bool:
+        conn = self.conn
+        t = conn.transport
+        return conn.closed or conn._draining or t is None or t.is_closing()
 
 
 class Connection(asyncio.Protocol):
@@ -328,13 +347,18 @@ class Connection(asyncio.Protocol):
         if t is None or self.closed:
             out.clear()
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        t.write(data)
+        size = self._out_bytes
+        if len(out) == 1:
+            t.write(out[0])
+        elif size < WRITE_HIGH:
+            t.write(b"".join(out))  # many small answers: one buffer
+        else:
+            t.writelines(out)  # a big answer's parts: never copied whole
         out.clear()
         self._out_bytes = 0
         # Judge what was left unread before this write: one large answer (a
         # SNAPSHOT of a big tree) is fine, a client that never reads is not.
-        if t.get_write_buffer_size() - len(data) > HARD_BACKLOG:
+        if t.get_write_buffer_size() - size > HARD_BACKLOG:
             log.warning("client %s dropped: %d bytes of output unread", self.peer, HARD_BACKLOG)
             self.closed = True
             t.abort()

@@ -74,7 +74,7 @@ import re
 import struct
 import threading
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -816,25 +816,41 @@ class DataDir:
 
     # -- snapshots -------------------------------------------------------------
 
-    def save_snapshot(self, snap: dict) -> None:
-        """Durably store `snap` (a JSON-able dict; its "instance" names the file) as
-        covering every record appended so far; then drop the log and snapshots it
-        makes obsolete. Syncs pending records first. StorageError on failure, with
-        the previous snapshot and the log intact."""
+    @property
+    def seq(self) -> int:
+        """Records appended so far (synced or not): a position in the log."""
+        return self._seq
+
+    def save_snapshot(self, snap: dict | EncodedSnapshot, seq: int | None = None) -> None:
+        """Durably store `snap` (a JSON-able dict, or one already encoded; its
+        "instance" names the file) as
+        covering the records before `seq` (default: every record appended so far;
+        those from `seq` on are replayed over it at load); then drop the log and
+        snapshots it makes obsolete. Syncs pending records first. StorageError on
+        failure, with the previous snapshot and the log intact."""
         if not self._loaded:
             raise RuntimeError("DataDir.save_snapshot() before load()")
         self.sync()
-        seq = self._seq
-        name = _snap_name(int(snap.get("instance", 0)), seq)
-        try:
-            payload = orjson.dumps(snap)
-        except TypeError as e:
-            raise ValueError(f"snapshot is not JSON-able: {e}") from e
-        self._framed(name, _SNAP_MAGIC, seq, payload)
+        if seq is None:
+            seq = self._seq
+        elif not self._snap_seq <= seq <= self._seq:
+            # Older than the snapshot we hold (one installed meanwhile): keeping
+            # it would drop the newer one as obsolete.
+            raise ValueError(f"snapshot at record {seq} is outside {self._snap_seq}..{self._seq}")
+        if isinstance(snap, EncodedSnapshot):
+            instance, parts = snap
+        else:
+            instance = int(snap.get("instance", 0))
+            try:
+                parts = [orjson.dumps(snap)]
+            except TypeError as e:
+                raise ValueError(f"snapshot is not JSON-able: {e}") from e
+        name = _snap_name(instance, seq)
+        size = self._framed(name, _SNAP_MAGIC, seq, *parts)
         self._snap_path = os.path.join(self.path, name)
         self._snap_seq = seq
         self._log_bytes = 0
-        self.snapshot_bytes = _FILE_HDR_SIZE + len(payload)
+        self.snapshot_bytes = _FILE_HDR_SIZE + size
         # The active segment goes on: records after the snapshot follow in it,
         # and load skips those before. Starting a new one here would cost a
         # segment's worth of zeros per snapshot.
@@ -873,10 +889,16 @@ class DataDir:
 
     # -- small files -------------------------------------------------------------
 
-    def _framed(self, name: str, magic: bytes, seq: int, payload: bytes) -> None:
-        header = _FILE_HDR.pack(magic, seq, len(payload), zlib.crc32(payload))
+    def _framed(self, name: str, magic: bytes, seq: int, *payload: bytes) -> int:
+        """Write the payload (the concatenation of the parts) framed; its size."""
+        crc = size = 0
+        for part in payload:
+            crc = zlib.crc32(part, crc)
+            size += len(part)
+        header = _FILE_HDR.pack(magic, seq, size, crc)
         header += struct.pack("<I", zlib.crc32(header))
-        self._write_atomic(name, header, payload)
+        self._write_atomic(name, header, *payload)
+        return size
 
     def _write_atomic(self, name: str, *parts: bytes) -> None:
         """Temp file, fsync, rename, fsync the dir: `name` is old or new, never torn."""
@@ -923,6 +945,13 @@ class DataDir:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EncodedSnapshot(NamedTuple):
+    """A snapshot already encoded as JSON, in parts (a big one is never joined)."""
+
+    instance: int
+    parts: list[bytes]
 
 
 def _lock(path: str) -> int:

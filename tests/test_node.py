@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
 import pytest
 import uvloop
 
@@ -250,3 +251,87 @@ def test_watches_and_rev_waits_make_a_node_watched() -> None:
     node.store.apply(Mutation(SET, "/x", -1, b"1"))
     node._wake_rev_waiters()
     assert woke == [1] and not node.watched()
+
+
+class _Answers:
+    """A call that records its answers in `log`, named."""
+
+    def __init__(self, name: str, log: list[tuple[str, object]]) -> None:
+        self.name = name
+        self.log = log
+        self.left = False  # the client went away
+
+    def ok(self, resp: dict) -> None:
+        self.log.append((self.name, resp))
+
+    def ok_parts(self, resp: dict, key: str, parts: list[bytes]) -> None:
+        self.log.append((self.name, {**resp, key: orjson.loads(b"".join(parts))}))
+
+    def gone(self) -> bool:
+        return self.left
+
+    def fail(self, code: str, detail: str) -> None:
+        self.log.append((self.name, code))
+
+    def event(self, body: bytes, final: bool) -> bool:
+        return True
+
+    def set_cancel(self, cancel: object) -> None:
+        pass
+
+
+def test_big_answers_are_built_in_slices_one_at_a_time_while_the_node_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seconds of encoding (a million files) must not stall the node: other
+    requests, small WALKs among them, are answered between the slices of a
+    big SNAPSHOT; big answers asked meanwhile wait their turn (one in memory
+    at a time), each at the state of when it was asked, or later; one whose
+    client went away meanwhile is skipped."""
+    from doozer import stepper
+    from doozer import store as store_mod
+    from doozer.protocol import parse
+
+    monkeypatch.setattr(stepper, "SLICE", 0.0)  # one step per turn of the loop
+    monkeypatch.setattr(store_mod, "_WALK_CAP", 200)
+    store = Store()
+    for i in range(6000):
+        store.apply(Mutation(SET, f"/d{i % 10}/f{i}", -1, b"v"))
+    log: list[tuple[str, object]] = []
+
+    def ask(name: str, line: bytes) -> _Answers:
+        call = _Answers(name, log)
+        node.dispatch(parse(line), call)
+        return call
+
+    async def run() -> None:
+        node.start()
+        try:
+            ask("snap1", b'{"verb":"SNAPSHOT","stale":true}')
+            await asyncio.sleep(0)
+            store.apply(Mutation(SET, "/late", -1, b"v"))  # after the first freeze
+            ask("get", b'{"verb":"GET","path":"/late","stale":true}')
+            ask("walk-small", b'{"verb":"WALK","path":"/d1/f1*","stale":true}')
+            ask("walk-big", b'{"verb":"WALK","path":"/**","stale":true,"limit":7000}')
+            left = ask("walk-left", b'{"verb":"WALK","path":"/**","stale":true}')
+            left.left = True
+            ask("snap2", b'{"verb":"SNAPSHOT","stale":true}')
+            for _ in range(2000):
+                if len(log) == 5:
+                    break
+                await asyncio.sleep(0)
+        finally:
+            node.close()
+
+    node = Node(node_id="n", store=store, sequencer=_Undeciding())  # type: ignore[arg-type]
+    uvloop.run(run())
+    assert [name for name, _ in log] == ["get", "walk-small", "snap1", "walk-big", "snap2"]
+    got = dict(log)
+    assert got["snap1"]["rev"] == 6000 and got["snap2"]["rev"] == 6001  # type: ignore[index]
+    restored = Store.restore(got["snap2"]["snapshot"]["store"])  # type: ignore[index]
+    assert restored.get("/late") == (b"v", 6001) and len(restored) == 6001
+    small = sorted(f"/d1/f{i}" for i in range(6000) if i % 10 == 1 and str(i)[0] == "1")
+    assert [f["path"] for f in got["walk-small"]["files"]] == small  # type: ignore[index]
+    walked = got["walk-big"]["files"]  # type: ignore[index]
+    assert got["walk-big"]["rev"] == 6001 and len(walked) == 6001  # type: ignore[index]
+    assert [f["path"] for f in walked] == sorted(f["path"] for f in walked)

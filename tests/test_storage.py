@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from doozer.storage import CorruptionError, DataDir, StorageError
+from doozer.storage import CorruptionError, DataDir, EncodedSnapshot, StorageError
 from tests.faultyfs import FaultyOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,31 @@ def test_round_trip_meta_records_and_snapshot(tmp_path: Path) -> None:
     assert snap == {"instance": 7, "node": {"store": {"files": []}}, "durable": {"base": 7}}
     assert got == recs(2, 10)
     assert d.notes == []
+    d.close()
+
+
+def test_a_snapshot_frozen_earlier_covers_only_the_records_before_it(tmp_path: Path) -> None:
+    """A big snapshot is encoded while the log goes on: it is saved as of the
+    log position of its freeze, in parts, and the records appended after
+    that position are replayed over it at load."""
+    d = fresh(tmp_path / "d")
+    d.append(recs(3))
+    d.sync()
+    frozen_at = d.seq
+    d.append(recs(2, 10))  # written while the snapshot was encoded
+    parts = [b'{"instance":', b"5", b',"x":"', b"y" * 100_000, b'"}']
+    d.save_snapshot(EncodedSnapshot(5, parts), frozen_at)
+    d.append(recs(1, 20))
+    d.sync()
+    with pytest.raises(ValueError):  # older than the snapshot now held
+        d.save_snapshot({"instance": 4}, frozen_at - 1)
+    with pytest.raises(ValueError):  # ahead of the log
+        d.save_snapshot({"instance": 6}, d.seq + 1)
+    d.close()
+
+    d, snap, got = reopen(tmp_path / "d")
+    assert snap == {"instance": 5, "x": "y" * 100_000}
+    assert got == [*recs(2, 10), *recs(1, 20)]
     d.close()
 
 

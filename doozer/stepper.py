@@ -1,0 +1,175 @@
+"""Long work on the event loop in short slices.
+
+Some answers cost seconds of CPU on a big tree (a snapshot of a million files,
+a WALK of all of them). Done in one go, they would stall the node: a leader
+that misses its heartbeats for a second loses its leadership, and every client
+waits. The pure parts offer such work as an iterator of bounded steps
+(`Store.snapshot_steps`, `FrozenTree.batches`); a `Stepper` runs steps for
+at most `SLICE` seconds, then lets the loop serve I/O before the next slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+SLICE = 0.003  # s of steps between two turns of the loop
+
+
+class Gone(Exception):
+    """Nobody waits for the result any more (the client went away)."""
+
+
+class Stepper(Generic[T]):
+    """Drive `steps` (None for "not yet", then the result) to its result, then
+    call `done(result)`; or `failed(exc)` if a step raises, or `failed(Gone())`
+    if `gone()` says, before a slice, that nobody waits for the result any
+    more. `cancel` stops it, saying nothing.
+    `eager`: the first slice runs in the constructor, so work that fits in one
+    (most) is done, and answered, without waiting for the loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        steps: Iterator[T | None],
+        done: Callable[[T], None],
+        failed: Callable[[BaseException], None],
+        eager: bool = False,
+        gone: Callable[[], bool] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._steps = steps
+        self._done = done
+        self._failed = failed
+        self._gone = gone
+        self._handle: asyncio.Handle | None = None
+        if eager:
+            self._run()
+        else:
+            self._handle = loop.call_soon(self._run)
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _run(self) -> None:
+        end = time.perf_counter() + SLICE
+        self._handle = None
+        if self._gone is not None and self._gone():
+            self._failed(Gone())
+            return
+        try:
+            for out in self._steps:
+                if out is not None:
+                    break
+                if time.perf_counter() >= end:
+                    self._handle = self._loop.call_soon(self._run)
+                    return
+            else:
+                raise RuntimeError("stepped work ended without a result")
+        except Exception as e:
+            self._failed(e)
+            return
+        self._done(out)
+
+
+class Lane:
+    """Big stepped jobs one at a time, so that the node builds one big answer
+    at a time, whatever the clients ask (memory holds one, and a client that
+    pipelines a hundred WALKs of a million files does not hold a hundred).
+
+    `run` tries a job's first slice at once: a small job (most) is answered
+    without waiting. A job still unfinished after it runs on, as the lane's
+    current one, if the lane was free; else its steps are dropped (and with
+    them what they froze) and made anew at its turn: a later state, which a
+    read asked earlier may always be given."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[
+            tuple[Callable[[], Iterator[Any]], Callable, Callable, Callable[[], bool] | None]
+        ] = deque()
+        self._current: Stepper[Any] | None = None
+        self._current_failed: Callable[[BaseException], None] | None = None
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None and self._current.running
+
+    def run(
+        self,
+        make: Callable[[], Iterator[T | None]],
+        done: Callable[[T], None],
+        failed: Callable[[BaseException], None],
+        gone: Callable[[], bool] | None = None,
+    ) -> None:
+        """Do the job `make()` gives: `done(result)`, or `failed(exc)` if making
+        or stepping it raises (`Gone` once `gone()`: see `Stepper`)."""
+        if self._closed:
+            return
+        if not self.busy and not self._queue:
+            self._start(make, done, failed, gone)
+            return
+        try:
+            probe = Stepper(self._loop, make(), done, failed, eager=True)
+        except Exception as e:
+            failed(e)
+            return
+        if probe.running:
+            probe.cancel()
+            self._queue.append((make, done, failed, gone))
+
+    def close(self) -> list[Callable[[BaseException], None]]:
+        """Stop; the `failed` of every job not finished, for the caller to call."""
+        self._closed = True
+        fails = [f for _, _, f, _ in self._queue]
+        self._queue.clear()
+        if self.busy and self._current_failed is not None:
+            self._current.cancel()  # type: ignore[union-attr]
+            fails.append(self._current_failed)
+        return fails
+
+    def _start(
+        self,
+        make: Callable[[], Iterator[Any]],
+        done: Callable[[Any], None],
+        failed: Callable[[BaseException], None],
+        gone: Callable[[], bool] | None,
+    ) -> None:
+        def finished(out: Any) -> None:
+            done(out)
+            self._next()
+
+        def broke(e: BaseException) -> None:
+            failed(e)
+            self._next()
+
+        if gone is not None and gone():
+            broke(Gone())
+            return
+        try:
+            steps = make()
+        except Exception as e:
+            broke(e)
+            return
+        self._current_failed = failed
+        self._current = Stepper(self._loop, steps, finished, broke, eager=True, gone=gone)
+
+    def _next(self) -> None:
+        if self._queue and not self._closed:
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self._queue and not self._closed and not self.busy:
+            self._start(*self._queue.popleft())
