@@ -18,7 +18,8 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-SLICE = 0.003  # s of steps between two turns of the loop
+SLICE = 0.002  # s of steps at most (plus one step's overshoot) ...
+GAP = 0.001  # ... then this long for the loop's I/O alone
 
 
 class Gone(Exception):
@@ -73,7 +74,10 @@ class Stepper(Generic[T]):
                 if out is not None:
                     break
                 if time.perf_counter() >= end:
-                    self._handle = self._loop.call_soon(self._run)
+                    # A write's round through the leader takes a few turns of
+                    # its loop: with a slice in every turn, each would wait
+                    # a slice. The gap lets most finish between two slices.
+                    self._handle = self._loop.call_later(GAP, self._run)
                     return
             else:
                 raise RuntimeError("stepped work ended without a result")
