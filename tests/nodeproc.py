@@ -160,15 +160,22 @@ class Raw:
 
     def recv_line(self, timeout: float | None = None) -> bytes:
         end = time.monotonic() + (timeout or self.timeout)
-        while b"\n" not in self.buf:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no line within deadline; have {self.buf[:200]!r}")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError(f"connection closed; have {self.buf[:200]!r}")
-            self.buf += chunk
+        if b"\n" not in self.buf:
+            # Chunks kept apart until the line ends: a 100 MB line read by
+            # rescanning a growing buffer would take minutes.
+            chunks = [self.buf]
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no line within deadline; have {chunks[0][:200]!r}")
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError(f"connection closed; have {chunks[0][:200]!r}")
+                chunks.append(chunk)
+                if b"\n" in chunk:
+                    break
+            self.buf = b"".join(chunks)
         line, _, self.buf = self.buf.partition(b"\n")
         return line
 
