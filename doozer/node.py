@@ -23,7 +23,7 @@ from doozer.mutation import DEL, NOP, SET, Mutation
 from doozer.protocol import Request, encode_value
 from doozer.sequencer import Proposal, Sequencer
 from doozer.stepper import Gone, Lane
-from doozer.store import Applied, Event, Store
+from doozer.store import Applied, Event, Store, last
 from doozer.watch import Subscription, WatchRegistry
 
 log = logging.getLogger("doozer")
@@ -92,12 +92,14 @@ class Node:
         self._sweep_idle = False  # the sweeper is armed at its idle pace
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lane: Lane | None = None  # big answers, built one at a time
+        self._hold_big: Callable[[], bool] = lambda: False
 
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._lane = Lane(self._loop)
+        self._lane.hold = lambda: self._hold_big()
         if self._clock is None:
             self._clock = self._loop.time
         self.sequencer.start(self)
@@ -134,6 +136,11 @@ class Node:
             or bool(self._rev_waiters)
             or any(hook() for hook in self._watched_hooks)
         )
+
+    def hold_big_answers_while(self, backed_up: Callable[[], bool]) -> None:
+        """Build no big answer while `backed_up()`: those built already wait
+        unread in memory (clients that do not read them)."""
+        self._hold_big = backed_up
 
     def on_reset(self, hook: Callable[[], None]) -> None:
         """`hook()` when the store jumped past events no hook was given (a
@@ -426,29 +433,51 @@ class Node:
         self._linearizable(req, call, serve)
 
     def _getdir(self, req: Request, call: Call) -> None:
-        def make() -> Iterator[tuple[dict, list[bytes]] | None]:
+        def serve() -> None:
             store = self.store
-            snap = store.rev if req.rev is None else req.rev
-            batches = store.getdir_batches(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
-            return _encode_list(batches, {"rev": snap})
+            snap = {"rev": store.rev if req.rev is None else req.rev}
+            args = (req.path, req.rev, req.offset, req.limit)
+            page = store.getdir_small(*args)  # type: ignore[arg-type]
+            if page is not None:
+                call.ok({"entries": page, **snap})
+                return
 
-        self._linearizable(req, call, lambda: self._heavy(make, call, "entries"))
+            def make() -> Iterator[tuple[dict, list[bytes]] | None]:
+                store = self.store  # a snapshot installed meanwhile replaces it
+                snap = {"rev": store.rev if req.rev is None else req.rev}
+                return _encode_list(store.getdir_batches(*args), snap)  # type: ignore[arg-type]
+
+            self._heavy(make, call, "entries")
+
+        self._linearizable(req, call, serve)
 
     def _walk(self, req: Request, call: Call) -> None:
-        def make() -> Iterator[tuple[dict, list[bytes]] | None]:
+        def serve() -> None:
             store = self.store
-            snap = store.rev if req.rev is None else req.rev
-            batches = store.walk_batches(req.path, req.rev, req.offset, req.limit)  # type: ignore[arg-type]
-            return _encode_files(batches, {"rev": snap})
+            snap = {"rev": store.rev if req.rev is None else req.rev}
+            args = (req.path, req.rev, req.offset, req.limit)
+            page = store.walk_small(*args)  # type: ignore[arg-type]
+            if page is not None:
+                resp, parts = last(_encode_files(iter([page]), snap))
+                call.ok_parts(resp, "files", parts)
+                return
 
-        self._linearizable(req, call, lambda: self._heavy(make, call, "files"))
+            def make() -> Iterator[tuple[dict, list[bytes]] | None]:
+                store = self.store  # a snapshot installed meanwhile replaces it
+                snap = {"rev": store.rev if req.rev is None else req.rev}
+                return _encode_files(store.walk_batches(*args), snap)  # type: ignore[arg-type]
+
+            self._heavy(make, call, "files")
+
+        self._linearizable(req, call, serve)
 
     def _heavy(
         self, make: Callable[[], Iterator[tuple[dict, list[bytes]] | None]], call: Call, key: str
     ) -> None:
         """Answer `call` with the (response, JSON parts of `key`) that the steps
         `make()` gives end with: a big answer (a WALK or SNAPSHOT of a million
-        files takes seconds) is built a slice at a time, one at a time."""
+        files takes seconds) is built a slice at a time, one at a time, at
+        the state of when its turn comes."""
 
         def failed(e: BaseException) -> None:
             if isinstance(e, Gone):

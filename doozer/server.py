@@ -34,6 +34,9 @@ MAX_INFLIGHT = 4096  # outstanding requests per connection before reading pauses
 WRITE_HIGH = 1 << 20  # pause reading while this much output waits
 WATCH_BACKLOG = 8 << 20  # a watcher whose output backs up this far is cut off
 HARD_BACKLOG = 64 << 20  # a connection whose output backs up this far is dropped
+STUCK_BACKLOG = 4 << 20  # a connection with this much unread output ...
+STUCK_GRACE = 30.0  # ... that reads none of it for this long (s) is dropped
+OUTPUT_BUDGET = 256 << 20  # unread output of all clients that holds big answers back
 LINGER = 0.5  # s a shutting-down node waits for clients to close after its FIN
 FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
 FD_WARN_EVERY = 60.0  # s
@@ -147,6 +150,8 @@ class Connection(asyncio.Protocol):
         self._eof = False  # the client has sent all it will (a half-close)
         self._draining = False  # shutting down: our side is shut, input is dropped
         self.gone: asyncio.Future[None] | None = None  # set when the connection is lost
+        self.stuck_since: float | None = None  # unread output, no progress since (Server)
+        self.stuck_low = 0
 
     # -- transport events -------------------------------------------------
 
@@ -429,6 +434,37 @@ class Server:
         # event loop closes what it cannot accept): say so before that.
         self._fd_warn_at = _fd_limit() - FD_MARGIN
         self._fd_warned = -FD_WARN_EVERY
+        self._reader_sweep: asyncio.TimerHandle | None = None
+        node.hold_big_answers_while(self.output_backed_up)
+
+    def output_backed_up(self) -> bool:
+        """All clients together leave more than OUTPUT_BUDGET of their answers
+        unread: build no more big ones (a WALK of a million files is 156 MB)
+        until they read, or are dropped for reading nothing (`_sweep_readers`)."""
+        return sum(c.backlog() for c in self.connections) > OUTPUT_BUDGET
+
+    def _sweep_readers(self) -> None:
+        """Drop a connection that has left STUCK_BACKLOG or more of its output
+        unread and read none of it for STUCK_GRACE seconds: its answers hold
+        memory for nobody. A slow reader that makes progress stays."""
+        loop = asyncio.get_running_loop()
+        self._reader_sweep = loop.call_later(1.0, self._sweep_readers)
+        now = loop.time()
+        for conn in list(self.connections):
+            backlog = conn.backlog()
+            if backlog < STUCK_BACKLOG:
+                conn.stuck_since = None
+            elif conn.stuck_since is None or backlog < conn.stuck_low:
+                conn.stuck_since, conn.stuck_low = now, backlog  # (new) progress
+            elif now - conn.stuck_since > STUCK_GRACE and conn.transport is not None:
+                log.warning(
+                    "client %s dropped: %d bytes of answers unread for %.0fs",
+                    conn.peer,
+                    backlog,
+                    STUCK_GRACE,
+                )
+                conn.closed = True
+                conn.transport.abort()
 
     def check_fd(self, fd: int) -> None:
         # descriptors are handed out lowest first: a high one means few are left
@@ -473,11 +509,15 @@ class Server:
         )
         sock = self._server.sockets[0]
         addr = sock.getsockname()
+        self._reader_sweep = loop.call_later(1.0, self._sweep_readers)
         return addr[0], addr[1]
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._reader_sweep is not None:
+            self._reader_sweep.cancel()
+            self._reader_sweep = None
 
     async def close(self, linger: float = LINGER) -> None:
         self.stop_accepting()

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 SLICE = 0.002  # s of steps at most (plus one step's overshoot) ...
 GAP = 0.001  # ... then this long for the loop's I/O alone
+HOLD_RETRY = 0.1  # s between looks at whether a held lane may go on
 
 
 class Gone(Exception):
@@ -91,12 +92,9 @@ class Lane:
     """Big stepped jobs one at a time, so that the node builds one big answer
     at a time, whatever the clients ask (memory holds one, and a client that
     pipelines a hundred WALKs of a million files does not hold a hundred).
-
-    `run` tries a job's first slice at once: a small job (most) is answered
-    without waiting. A job still unfinished after it runs on, as the lane's
-    current one, if the lane was free; else its steps are dropped (and with
-    them what they froze) and made anew at its turn: a later state, which a
-    read asked earlier may always be given."""
+    A job is made (`make()`: its state frozen) only when its turn comes: a
+    later state than when it was asked, which a read may always be given.
+    Jobs that are small are for the caller to answer at once, not for here."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -106,6 +104,10 @@ class Lane:
         self._current: Stepper[Any] | None = None
         self._current_failed: Callable[[BaseException], None] | None = None
         self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        # True while the next job should wait (answers already built wait
+        # unread in memory: see Server.output_backed_up).
+        self.hold: Callable[[], bool] = lambda: False
 
     @property
     def busy(self) -> bool:
@@ -122,21 +124,15 @@ class Lane:
         or stepping it raises (`Gone` once `gone()`: see `Stepper`)."""
         if self._closed:
             return
-        if not self.busy and not self._queue:
-            self._start(make, done, failed, gone)
-            return
-        try:
-            probe = Stepper(self._loop, make(), done, failed, eager=True)
-        except Exception as e:
-            failed(e)
-            return
-        if probe.running:
-            probe.cancel()
-            self._queue.append((make, done, failed, gone))
+        self._queue.append((make, done, failed, gone))
+        if not self.busy and self._retry is None:
+            self._resume()
 
     def close(self) -> list[Callable[[BaseException], None]]:
         """Stop; the `failed` of every job not finished, for the caller to call."""
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         fails = [f for _, _, f, _ in self._queue]
         self._queue.clear()
         if self.busy and self._current_failed is not None:
@@ -175,5 +171,10 @@ class Lane:
             self._loop.call_soon(self._resume)
 
     def _resume(self) -> None:
-        if self._queue and not self._closed and not self.busy:
-            self._start(*self._queue.popleft())
+        self._retry = None
+        if not self._queue or self._closed or self.busy:
+            return
+        if self.hold():
+            self._retry = self._loop.call_later(HOLD_RETRY, self._resume)
+            return
+        self._start(*self._queue.popleft())

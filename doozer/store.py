@@ -537,25 +537,39 @@ class Store:
     ) -> Iterator[list[str]]:
         """`getdir` in sorted batches of bounded work each, as `walk_batches`:
         a directory of a million entries is copied at once (~20 ms) and sorted
-        in steps. A sorted listing of the current tree is cached until the
-        directory changes (big ones excepted: they are sorted in steps)."""
+        in steps."""
+        page = self.getdir_small(path, rev, offset, limit)
+        if page is not None:
+            return iter([page])
+        r = self._at(rev)
+        names = set(self._dirs[path]) if r is None else self._names_at(path, r)
+        return _paged(sorted_batches(names), offset, limit)
+
+    def getdir_small(
+        self, path: str, rev: int | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[str] | None:
+        """`getdir`, if the directory has at most `_WALK_CAP` entries or its
+        sorted listing is cached (one of the current tree, kept until the
+        directory changes); else None (see `getdir_batches`)."""
         r = self._at(rev)
         check_path(path)
         _check_range(offset, limit)
         if r is None:
             names = self._sorted.get(path)
             if names is not None:
-                return iter([_page(names, offset, limit)])
+                return _page(names, offset, limit)
             kids = self._dirs.get(path)
             if kids is not None:
                 if len(kids) > _WALK_CAP:
-                    return _paged(sorted_batches(set(kids)), offset, limit)
+                    return None
                 names = self._sorted[path] = sorted(kids)
-                return iter([_page(names, offset, limit)])
+                return _page(names, offset, limit)
             is_file = path in self._files
         else:
+            if self._dir_count_at(path, r) > _WALK_CAP:
+                return None
             if self._is_dir_at(path, r):
-                return _paged(sorted_batches(self._names_at(path, r)), offset, limit)
+                return _page(sorted(self._names_at(path, r)), offset, limit)
             is_file = self._file_at(path, r) is not None
         if is_file:
             raise errors.NotDir(None, f"{path} is a file")
@@ -575,10 +589,21 @@ class Store:
     ) -> Iterator[list[tuple[str, int, bytes]]]:
         """`walk` in sorted batches, each step of bounded work (see
         `FrozenTree.batches`; empty batches are pauses). The state is the one
-        at this call, however late the steps run. Candidates are gathered
+        at this call, however late the steps run."""
+        page = self.walk_small(glob, rev, offset, limit)
+        if page is not None:
+            return iter([page])
+        steps = _matching(self.freeze(rev).batches(), compile_glob(glob))
+        return _paged(steps, offset, limit)
+
+    def walk_small(
+        self, glob: str, rev: int | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[str, int, bytes]] | None:
+        """`walk`, if it has at most `_WALK_CAP` candidates; else None (see
+        `walk_batches`). Costs a few ms at most: candidates are gathered
         through the directories the glob names, so `/locks/*` costs what
-        `/locks` holds, not what the tree holds; past `_WALK_CAP` of them
-        the files are frozen and filtered a step at a time instead."""
+        `/locks` holds, not what the tree holds, and the gathering stops
+        past the cap."""
         r = self._at(rev)
         match = compile_glob(glob)
         _check_range(offset, limit)
@@ -587,14 +612,13 @@ class Store:
         else:
             paths = list(islice(self._glob_candidates(glob, r), _WALK_CAP + 1))
             if len(paths) > _WALK_CAP:
-                steps = _matching(self.freeze(rev).batches(), match)
-                return _paged(steps, offset, limit)
+                return None
         out = []
         for p in sorted(paths):
             st = self._files.get(p) if r is None else self._file_at(p, r)
             if st is not None and match(p):
                 out.append((p, st[1], st[0]))
-        return iter([_page(out, offset, limit)])
+        return _page(out, offset, limit)
 
     def _glob_candidates(self, glob: str, rev: int | None) -> Iterator[str]:
         """Paths that may be files matching `glob` at `rev` (a superset, unordered),

@@ -106,11 +106,60 @@ class _Transport:
             raise RuntimeError("a bug in writing")
         self.data.append(data)
 
+    unread = 0  # bytes the client has not read
+
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.unread
 
     def abort(self) -> None:
         self.aborted = True
+
+
+def test_clients_that_read_nothing_of_big_answers_are_dropped_and_hold_big_answers_back(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers a client leaves unread hold memory: a client that reads none of
+    STUCK_BACKLOG or more for STUCK_GRACE is dropped; one that reads, however
+    slowly, stays. While all clients' unread output passes the budget, no
+    big answer is built."""
+    from types import SimpleNamespace
+
+    from doozer import server as server_mod
+    from doozer.server import Connection, Server
+
+    held: list = []
+    node = SimpleNamespace(dispatch=None, hold_big_answers_while=held.append)
+    server = Server(node)  # type: ignore[arg-type]
+    assert held == [server.output_backed_up]
+    deaf, slow, fine = (Connection(server) for _ in range(3))
+    for c in (deaf, slow, fine):
+        c.transport = _Transport()  # type: ignore[assignment]
+        server.connections.add(c)
+    deaf.transport.unread = slow.transport.unread = 5 << 20  # type: ignore[union-attr]
+    monkeypatch.setattr(server_mod, "OUTPUT_BUDGET", 9 << 20)
+    assert server.output_backed_up()
+
+    class Clock:
+        t = 0.0
+
+        def time(self) -> float:
+            return self.t
+
+        def call_later(self, delay: float, fn: object) -> None:
+            pass
+
+    clock = Clock()
+    monkeypatch.setattr(server_mod.asyncio, "get_running_loop", lambda: clock)
+    caplog.set_level(logging.WARNING, logger="doozer")
+    for k in range(40):
+        clock.t = float(k)
+        slow.transport.unread -= 1000  # type: ignore[union-attr]  # it reads a little
+        server._sweep_readers()
+    assert deaf.transport.aborted and deaf.closed  # type: ignore[union-attr]
+    assert not slow.transport.aborted and not fine.transport.aborted  # type: ignore[union-attr]
+    assert any("unread for 30s" in r.getMessage() for r in caplog.records)
+    server.connections.discard(deaf)
+    assert not server.output_backed_up()
 
 
 def test_one_client_failing_to_flush_does_not_silence_the_others(
@@ -121,7 +170,7 @@ def test_one_client_failing_to_flush_does_not_silence_the_others(
     from doozer.server import Connection, Server
 
     async def run() -> tuple[_Transport, _Transport, _Transport]:
-        server = Server(SimpleNamespace(dispatch=None))  # type: ignore[arg-type]
+        server = Server(SimpleNamespace(dispatch=None, hold_big_answers_while=lambda f: None))  # type: ignore[arg-type]
         conns = [Connection(server) for _ in range(3)]
         ts = (_Transport(), _Transport(fail=True), _Transport())
         for c, t in zip(conns, ts, strict=True):
