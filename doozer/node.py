@@ -433,41 +433,35 @@ class Node:
         self._linearizable(req, call, serve)
 
     def _getdir(self, req: Request, call: Call) -> None:
-        def serve() -> None:
-            store = self.store
-            snap = {"rev": store.rev if req.rev is None else req.rev}
-            args = (req.path, req.rev, req.offset, req.limit)
-            page = store.getdir_small(*args)  # type: ignore[arg-type]
-            if page is not None:
-                call.ok({"entries": page, **snap})
-                return
-
-            def make() -> Iterator[tuple[dict, list[bytes]] | None]:
-                store = self.store  # a snapshot installed meanwhile replaces it
-                snap = {"rev": store.rev if req.rev is None else req.rev}
-                return _encode_list(store.getdir_batches(*args), snap)  # type: ignore[arg-type]
-
-            self._heavy(make, call, "entries")
-
-        self._linearizable(req, call, serve)
+        self._listing(req, call, "entries", Store.getdir_small, Store.getdir_batches, _encode_list)
 
     def _walk(self, req: Request, call: Call) -> None:
+        self._listing(req, call, "files", Store.walk_small, Store.walk_batches, _encode_files)
+
+    def _listing(
+        self,
+        req: Request,
+        call: Call,
+        key: str,
+        small: Callable[..., list | None],
+        batches: Callable[..., Iterator[list]],
+        encode: Callable[[Iterator[list], dict], Iterator[tuple[dict, list[bytes]] | None]],
+    ) -> None:
+        """GETDIR, WALK: a small answer (a few ms to tell) at once, a big one
+        through the lane, from the store of when its turn comes (a snapshot
+        installed meanwhile replaces it)."""
+        args = (req.path, req.rev, req.offset, req.limit)
+
+        def snap() -> dict:
+            return {"rev": self.store.rev if req.rev is None else req.rev}
+
         def serve() -> None:
-            store = self.store
-            snap = {"rev": store.rev if req.rev is None else req.rev}
-            args = (req.path, req.rev, req.offset, req.limit)
-            page = store.walk_small(*args)  # type: ignore[arg-type]
-            if page is not None:
-                resp, parts = last(_encode_files(iter([page]), snap))
-                call.ok_parts(resp, "files", parts)
+            page = small(self.store, *args)
+            if page is None:
+                self._heavy(lambda: encode(batches(self.store, *args), snap()), call, key)
                 return
-
-            def make() -> Iterator[tuple[dict, list[bytes]] | None]:
-                store = self.store  # a snapshot installed meanwhile replaces it
-                snap = {"rev": store.rev if req.rev is None else req.rev}
-                return _encode_files(store.walk_batches(*args), snap)  # type: ignore[arg-type]
-
-            self._heavy(make, call, "files")
+            resp, parts = last(encode(iter([page]), snap()))
+            call.ok_parts(resp, key, parts)
 
         self._linearizable(req, call, serve)
 
