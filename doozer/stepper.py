@@ -147,13 +147,19 @@ class Lane:
         failed: Callable[[BaseException], None],
         gone: Callable[[], bool] | None,
     ) -> None:
+        # The next job goes on whatever the callbacks do (a bug in one must
+        # not stop every later big answer).
         def finished(out: Any) -> None:
-            done(out)
-            self._next()
+            try:
+                done(out)
+            finally:
+                self._next()
 
         def broke(e: BaseException) -> None:
-            failed(e)
-            self._next()
+            try:
+                failed(e)
+            finally:
+                self._next()
 
         if gone is not None and gone():
             broke(Gone())
