@@ -607,12 +607,18 @@ class Store:
         r = self._at(rev)
         match = compile_glob(glob)
         _check_range(offset, limit)
+        paths = []
         if is_literal(glob):
-            paths = [glob]
+            paths.append(glob)
         else:
-            paths = list(islice(self._glob_candidates(glob, r), _WALK_CAP + 1))
-            if len(paths) > _WALK_CAP:
-                return None
+            work = 0
+            for c in self._glob_candidates(glob, r):
+                if isinstance(c, int):
+                    work += c
+                else:
+                    paths.append(c)
+                if len(paths) > _WALK_CAP or work > 2 * _WALK_CAP:
+                    return None
         out = []
         for p in sorted(paths):
             st = self._files.get(p) if r is None else self._file_at(p, r)
@@ -620,11 +626,14 @@ class Store:
                 out.append((p, st[1], st[0]))
         return _page(out, offset, limit)
 
-    def _glob_candidates(self, glob: str, rev: int | None) -> Iterator[str]:
+    def _glob_candidates(self, glob: str, rev: int | None) -> Iterator[str | int]:
         """Paths that may be files matching `glob` at `rev` (a superset, unordered),
         found by following the glob's names down the tree: a name without a
         wildcard is looked up, one with `*` or `?` filters a directory's
-        entries, and from a name with `**` on every file below is a candidate."""
+        entries, and from a name with `**` on every file below is a candidate.
+        An int, before a directory's entries are filtered, is their number: the
+        work about to be done, for the caller to stop first if that is too much
+        (`/*/*/x*` may match nothing yet read a million names)."""
         names = glob.split("/")[1:]
         last = len(names) - 1
         stack = [("/", 0)]
@@ -638,6 +647,7 @@ class Store:
             if is_literal(name):
                 kids: Iterable[str] = (name,)
             else:
+                yield len(self._dirs.get(d, ())) if rev is None else self._dir_count_at(d, rev)
                 m = name_matcher(name)
                 kids = [n for n in self._names(d, rev) if m(n)]
             for n in kids:

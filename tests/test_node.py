@@ -343,7 +343,7 @@ def test_big_answers_are_built_in_slices_one_at_a_time_while_the_node_serves(
 
     monkeypatch.setattr(stepper, "SLICE", 0.0)  # one step per turn of the loop
     monkeypatch.setattr(stepper, "GAP", 0.0)
-    monkeypatch.setattr(store_mod, "_WALK_CAP", 200)
+    monkeypatch.setattr(store_mod, "_WALK_CAP", 400)
     store = Store()
     for i in range(6000):
         store.apply(Mutation(SET, f"/d{i % 10}/f{i}", -1, b"v"))

@@ -527,3 +527,21 @@ def test_restore_rejects_bad_snapshots() -> None:
         Store.restore({**snap, "events": []})
     with pytest.raises(ValueError):
         Store.restore({**snap, "rev": 5})
+
+
+def test_a_walk_is_small_by_the_work_it_takes_not_only_by_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`walk_small` answers at once only what costs a few ms to gather: few
+    candidates, and few names read to find them (`/*/x*` matching nothing
+    may still read every name of the tree); the rest goes stepped."""
+    monkeypatch.setattr(store_mod, "_WALK_CAP", 10)
+    s = Store()
+    for i in range(30):
+        mset(s, f"/d{i % 2}/f{i}")
+    mset(s, "/small/a")
+    assert s.walk_small("/small/*") == [("/small/a", 31, b"v")]
+    assert s.walk_small("/d1/f1") == [("/d1/f1", 2, b"v")]  # a literal path
+    assert s.walk_small("/d*/x*") is None  # reads 30 names to find none
+    assert s.walk_small("/**") is None  # 31 candidates
+    assert s.walk("/d*/x*") == [] and len(s.walk("/**")) == 31
