@@ -6,7 +6,8 @@ A durable three-member cluster is filled with N files (100-byte values,
 /scale/dNNN/fNNNNNNN), while one client writes through a follower, one SET
 at a time, and records each write's latency. Then, one after another, on
 the leader: a SNAPSHOT (what a joiner or a backup fetches), a WALK `/**`
-(every file, one line), and a fourth node joining through the leader. For
+(every file, one line), a page of the web viewer loading the whole tree,
+and a fourth node joining through the leader. For
 each phase the script prints the writes' median and longest latency, and at
 the end whether the leader changed. Members' own disk snapshots happen
 during the fill (the first at 20k revs, then each once the log reaches half
@@ -33,6 +34,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import DoozerCluster, Procs, doozer_call, free_ports, install_signal_exit
 from scale import fill, path_of
+
+
+class ViewerCluster(DoozerCluster):
+    """Each node with its web viewer on a port of its own."""
+
+    def argv(self, addr: str, datadir: Path, attach: str | None) -> list[str]:
+        argv = super().argv(addr, datadir, attach)
+        port = int(addr.rsplit(":", 1)[1])
+        argv[argv.index("-w") + 1] = f"127.0.0.1:{web_port(port)}"
+        return argv
+
+
+def web_port(port: int) -> int:
+    return port + 10000 if port < 55000 else port - 10000
+
+
+def page_load(addr: str) -> tuple[int, float]:
+    """Open the leader's viewer as a page does and read its first load."""
+    import asyncio
+
+    import websockets
+
+    url = f"ws://127.0.0.1:{web_port(int(addr.rsplit(':', 1)[1]))}/ws"
+
+    async def load() -> tuple[int, float]:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.recv()  # hello
+            t = time.perf_counter()
+            await ws.send('{"op":"sub"}')
+            n = 0
+            while True:
+                m = orjson.loads(await ws.recv())
+                if m["op"] == "files":
+                    n += len(m["files"])
+                elif m["op"] == "loaded":
+                    return n, time.perf_counter() - t
+
+    return asyncio.run(load())
 
 
 class Writer(threading.Thread):
@@ -94,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="doozer-stall-") as tmp:
         try:
-            cluster = DoozerCluster(procs, Path(tmp), 3).start()
+            cluster = ViewerCluster(procs, Path(tmp), 3).start()
             leader_addr, follower = None, None
             for addr, me in cluster.selves().items():
                 if me.get("role") == "leader":
@@ -114,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             w.phase(f"SNAPSHOT {n / 1e6:.0f} MB, {secs:.1f} s")
             n, secs = timed_line(leader_addr, {"verb": "WALK", "path": "/**"})
             w.phase(f"WALK /** {n / 1e6:.0f} MB, {secs:.1f} s")
+            n, secs = page_load(leader_addr)
+            w.phase(f"web page load, {secs:.1f} s")
             t = time.perf_counter()
-            cluster.start_node(3, free_ports(1)[0], leader_addr)
+            cluster.start_node(3, free_ports(1)[0], leader_addr)  # its viewer: port ± 10000
             last = path_of(args.files - 1)
             while not doozer_call(
                 cluster.addrs[3], {"verb": "GET", "path": last, "stale": True}, 5
