@@ -68,6 +68,17 @@ class Writer:
         self.t.join(10)
 
 
+def restarted(datadir: Path, port: int, flags: list[str], deadline: float) -> NodeProc:
+    """The node started again from its data dir, once it answers a quorum read."""
+    node = durable_node(datadir, port, *flags).start()
+    wait_for(
+        lambda: "rev" in call(node.addr, {"verb": "REV", "timeout": 1}, 5),
+        deadline,
+        "restarted node answers",
+    )
+    return node
+
+
 def check_acked(addr: str, acked: dict[str, tuple[int, str]]) -> None:
     with Raw(addr, timeout=10) as r:
         for path, (rev, value) in acked.items():
@@ -91,12 +102,7 @@ def test_single_node_kill9_under_load_loses_nothing(tmp_path):
                 w.stop.wait(rng.uniform(0.05, 0.6))
                 node.kill()
             acked.update(w.acked)
-            node = durable_node(tmp_path / "d", port, *flags).start()
-            wait_for(
-                lambda n=node: "rev" in call(n.addr, {"verb": "REV", "timeout": 1}, 5),
-                20,
-                "restarted node answers",
-            )
+            node = restarted(tmp_path / "d", port, flags, 20)
             check_acked(node.addr, acked)
         assert len(acked) > 100
         assert int(sorted((tmp_path / "d").glob("log-*.wal"))[-1].name[4:-4]) > 0  # rolled
@@ -152,12 +158,7 @@ def test_kill9_while_a_big_snapshot_is_encoded_loses_nothing(tmp_path):
                 w.stop.wait(rng.uniform(0.2, 1.5))
                 node.kill()
             acked.update(w.acked)
-            node = durable_node(tmp_path / "d", port).start()
-            wait_for(
-                lambda n=node: "rev" in call(n.addr, {"verb": "REV", "timeout": 1}, 5),
-                30,
-                "restarted node answers",
-            )
+            node = restarted(tmp_path / "d", port, [], 30)
             with Raw(node.addr, timeout=30) as r:
                 files = r.call({"verb": "WALK", "path": "/bulk/**"})["files"]
             have = {f["path"]: (f["rev"], f["value"]) for f in files}
