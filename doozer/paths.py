@@ -18,6 +18,14 @@ _PATH_RE = re.compile(r"/|(?:/[A-Za-z0-9._-]+)+")
 _GLOB_RE = re.compile(r"/|(?:/[A-Za-z0-9._?*-]+)+")
 _WILD = frozenset("?*")
 
+# Directories are implicit, each keyed by its whole path: a SET of a path
+# `depth` names deep creates up to `depth` keys as long as it. Unbounded, one
+# 80 KB path of 20,000 names took 370 MB on every node (a 4 MiB request line
+# would take terabytes). Bounded so, no SET costs much more than the largest
+# value: at most 64 x 4096 bytes of directory keys.
+MAX_PATH = 4096  # bytes of a path or glob
+MAX_DEPTH = 64  # names in a path
+
 # Globs with more star tokens than this are matched by a bit-parallel NFA
 # (time linear in the path) instead of `re`, whose backtracking is
 # polynomial of degree = number of stars and could stall a node on a hostile
@@ -32,14 +40,31 @@ _STARSTAR = 3  # **
 
 
 def valid_path(p: str) -> bool:
-    """True if `p` is a well-formed path."""
+    """True if `p` is a well-formed path (of any size: see `path_too_big`)."""
     return type(p) is str and _PATH_RE.fullmatch(p) is not None
+
+
+def path_too_big(p: str) -> str | None:
+    """Why a path or glob in a client's request is over MAX_PATH or MAX_DEPTH,
+    or None. Checked on requests only: the store applies and restores what
+    was decided (or saved) before the limits, whatever its size."""
+    if len(p) > MAX_PATH:
+        return f"path longer than {MAX_PATH} bytes: {shown(p)}"
+    if p.count("/") > MAX_DEPTH:
+        return f"path deeper than {MAX_DEPTH} names: {shown(p)}"
+    return None
+
+
+def shown(p: object) -> str:
+    """`p` for an error message: a hostile path may be megabytes long."""
+    r = repr(p)
+    return r if len(r) <= 120 else f"{r[:100]}... ({len(r)} chars)"
 
 
 def check_path(p: str) -> None:
     """Raise `errors.BadPath` unless `p` is a well-formed path."""
     if not valid_path(p):
-        raise errors.BadPath(None, f"bad path {p!r}")
+        raise errors.BadPath(None, f"bad path {shown(p)}")
 
 
 def valid_glob(g: str) -> bool:
@@ -143,7 +168,7 @@ def _nfa_matcher(toks: list[tuple[int, str]]) -> Callable[[str], bool]:
 def compile_glob(g: str) -> Callable[[str], bool]:
     """A predicate telling whether a path matches glob `g`. Raises `errors.BadPath`."""
     if not valid_glob(g):
-        raise errors.BadPath(None, f"bad glob {g!r}")
+        raise errors.BadPath(None, f"bad glob {shown(g)}")
     toks = _tokens(g)
     nstars = sum(1 for kind, _ in toks if kind >= _STAR)
     if nstars <= _MAX_REGEX_STARS:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from doozer import errors
-from doozer.paths import compile_glob, valid_path
+from doozer.paths import compile_glob, path_too_big, shown, valid_path
 
 MAX_LINE = 4 << 20
 MAX_VALUE = 1 << 20
@@ -241,15 +241,16 @@ def check_args(req: Request) -> None:
         if f == "other_tag" and not req.has_other_tag:
             raise ProtocolError(errors.MISSING_ARG, f"{verb} needs other_tag")
     if req.path is not None and "path" in VERBS[verb]:
+        too_big = path_too_big(req.path)
+        if too_big is not None:
+            raise ProtocolError(errors.BAD_PATH, too_big)
         if verb in GLOB_VERBS:
             try:
                 compile_glob(req.path)
             except errors.DoozerError as e:
-                raise ProtocolError(
-                    errors.BAD_PATH, e.detail or f"invalid glob {req.path!r}"
-                ) from None
+                raise ProtocolError(errors.BAD_PATH, e.detail) from None
         elif not valid_path(req.path):
-            raise ProtocolError(errors.BAD_PATH, f"invalid path {req.path!r}")
+            raise ProtocolError(errors.BAD_PATH, f"invalid path {shown(req.path)}")
     if req.offset < 0 or (req.limit is not None and req.limit < 0):
         raise ProtocolError(errors.RANGE, "offset and limit must be >= 0")
     rev = req.rev

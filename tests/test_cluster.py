@@ -238,8 +238,9 @@ def test_a_membership_change_that_leaves_no_live_quorum_is_refused():
 def test_a_write_too_large_to_pass_between_members_is_refused_and_the_log_goes_on():
     """A raised --max-line let a write through whose accept no link carries
     (a 17 MB path, here): every link dropped it, the write never decided, and
-    the log was stuck behind it for good. It is refused up front now; the
-    largest --max-value allowed still passes."""
+    the log was stuck behind it for good. It is refused up front now (a path
+    is held to MAX_PATH bytes; a write too large for the links would be
+    TOO_LARGE); the largest --max-value allowed still passes."""
     from doozer.serve import MAX_VALUE_BETWEEN_MEMBERS as most
 
     with Cluster(3, "--max-line", "60000000", "--max-value", str(most)) as c:
@@ -247,8 +248,8 @@ def test_a_write_too_large_to_pass_between_members_is_refused_and_the_log_goes_o
         r = call(
             addr, {"verb": "SET", "path": "/" + "p" * 17_000_000, "value": "", "timeout": 5}, 30
         )
-        assert r.get("err_code") == "TOO_LARGE", r
-        assert "between members" in r["err_detail"]
+        assert r.get("err_code") == "BAD_PATH", r
+        assert "longer than" in r["err_detail"]
         r = call(addr, {"verb": "SET", "path": "/big", "value": "v" * most, "timeout": 20}, 40)
         assert "rev" in r, r
         assert "rev" in write(c.nodes[1].addr, "/after", "x")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from doozer import errors
+from doozer.mutation import SET, Mutation
 from doozer.protocol import LineBuffer, ProtocolError, check_args, encode_value, parse
 
 
@@ -78,6 +80,31 @@ def err(line: bytes) -> ProtocolError:
 )
 def test_bad_requests(line, code):
     assert err(line).code == code
+
+
+def test_paths_too_long_or_too_deep_are_refused_with_a_short_detail():
+    """Directories are implicit and keyed by their whole path: one SET of a
+    path 20,000 names deep took 370 MB on every node. Requests are held to
+    MAX_PATH bytes and MAX_DEPTH names; the store itself still applies
+    whatever was decided before the limits."""
+    from doozer.paths import MAX_DEPTH, MAX_PATH
+    from doozer.store import Store
+
+    ok_deep = "/a" * MAX_DEPTH
+    ok_long = "/" + "n" * (MAX_PATH - 1)
+    for verb, p in (("SET", ok_deep), ("SET", ok_long), ("WALK", ok_deep)):
+        check_args(parse(orjson.dumps({"verb": verb, "path": p, "value": ""})))
+    for verb, p, why in (
+        ("SET", ok_deep + "/a", "deeper"),
+        ("GET", ok_long + "n", "longer"),
+        ("WATCH", "/" + "*" * MAX_PATH, "longer"),
+        ("SET", "/a" * 1_000_000, "longer"),
+    ):
+        e = err(orjson.dumps({"verb": verb, "path": p, "value": "", "tag": 1}))
+        assert e.code == errors.BAD_PATH and why in e.detail, (verb, why, e.detail)
+        assert len(e.detail) < 200
+    s = Store()
+    assert s.apply(Mutation(SET, ok_deep + "/a", -1, b"v")).err is None  # decided earlier
 
 
 def test_error_keeps_a_valid_tag():
