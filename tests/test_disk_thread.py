@@ -459,3 +459,44 @@ def test_a_node_just_started_takes_every_member_as_live() -> None:
     loop.t = 100.0 + window + 0.1
     s.replica.heard["b"] = loop.t
     assert s.live_members({"a" * 16, "b", "c"}) == {"a" * 16, "b"}
+
+
+def test_a_lone_request_is_processed_within_its_read_and_a_crowd_waits_for_the_pass() -> None:
+    """settle() runs the pass _kick queued at once when this node has at most
+    one request of its own in flight (a sequential writer saves a loop pass
+    per hop), and leaves it queued when more are in flight, so that the pass
+    gathers them all into one Ready."""
+    from doozer.sequencer import Proposal
+
+    s = _sequencer("a" * 16, 1000)
+    loop = _FakeLoop()
+    s._loop = loop  # type: ignore[assignment]
+    passes: list[str] = []
+    s._process = lambda: passes.append("pass")  # type: ignore[method-assign]
+
+    s.settle()  # nothing kicked: nothing to do
+    assert passes == [] and loop.soon == []
+
+    s._undecided[1] = Proposal("o", 1, Mutation(SET, "/a", -1, b"x"))
+    s._kick()
+    s.settle()
+    assert passes == ["pass"] and not s._kicked
+    loop.run_soon()
+    assert passes == ["pass"]  # the queued pass was cancelled, not run twice
+
+    s._undecided[2] = Proposal("o", 2, Mutation(SET, "/b", -1, b"x"))
+    s._kick()
+    s.settle()
+    assert passes == ["pass"]  # two in flight: left to the queued pass
+    loop.run_soon()
+    assert passes == ["pass", "pass"]
+
+    del s._undecided[2]
+    s._kick()
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    s._process = broken  # type: ignore[method-assign]
+    s.settle()  # logged, not raised into the connection that read
+    assert not s._kicked
