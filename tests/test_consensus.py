@@ -628,6 +628,44 @@ def test_fetch_replies_and_promises_are_bounded_in_bytes() -> None:
     assert [b for _, b in a.log][:29] == [["q" * 500]] * 29
 
 
+def test_a_member_back_from_a_pause_asks_for_what_it_missed_once() -> None:
+    """A member paused for a while reads its backlog in one go: heartbeats
+    that show it behind, and the news (decided values) it was sent. Each
+    news message once re-armed the fetch, so the member asked for the same
+    range once per message, and the peer built a reply of up to
+    fetch_max_bytes for each: ~190 replies of ~4 MiB stalled a peer's loop
+    for ~1 s, and with a member down that peer's silence cost an election."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    p = next(h for h in net.hosts.values() if h is not ld)
+    held: list[tuple[str, str, bytes]] = []
+    deliver = net.deliver
+
+    def holding(limit: int = 100_000) -> None:
+        held.extend(q for q in net.queue if q[1] == p.id)
+        net.queue[:] = [q for q in net.queue if q[1] != p.id]
+        deliver(limit)
+
+    net.deliver = holding  # type: ignore[method-assign]
+    p.up = False  # paused: no ticks, its socket fills
+    for k in range(600):  # an all-vote spell after the first silence, then news
+        net.propose(ld, f"w{k}")
+        net.tick(0.005)
+    news = [m for _, to, data in held if (m := orjson.loads(data))["t"] == M.ENTRIES]
+    assert len(news) > 20
+    p.up = True
+    net.deliver = deliver  # type: ignore[method-assign]
+    n0 = len(net.sent)
+    for src, _, data in held:  # one big read
+        p.r.receive(net.t, src, orjson.loads(data))
+    net.drain(p)
+    fetches = [m for s, _, m in net.sent[n0:] if s == p.id and m["t"] == M.FETCH]
+    assert len(fetches) <= 1
+    net.run(1.0)
+    assert net.items(p) == net.items(ld)
+
+
 def test_non_member_learns_by_push_after_registering() -> None:
     net = Net(["a", "b", "c", "l"], members=["a", "b", "c"])
     ld = net.elect()

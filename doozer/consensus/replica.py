@@ -266,6 +266,7 @@ class Replica:
         self.seen_commit = self.commit
         self.infer: tuple[Ballot, int] = (ZERO, 0)  # (leader ballot, its commit)
         self.fetch_until = _NEVER
+        self.fetching: tuple[str, int] | None = None  # (peer, start) of our last fetch
         self.next_ping = _NEVER
         self.next_keepalive = _NEVER
         self.rnd: _Round | None = None
@@ -742,6 +743,7 @@ class Replica:
 
     def _fetch(self, to: str) -> None:
         self.fetch_until = self.now + 2 * self.cfg.heartbeat_interval
+        self.fetching = (to, self.commit + 1)
         self._send(to, {"t": M.FETCH, "s": self.commit + 1})
 
     def _keepalive(self) -> None:
@@ -1620,8 +1622,13 @@ class Replica:
         if follower and lead is not None and lead not in (self.id, self.leader):
             self.leader = lead
             self._leader_changed()
-        if m["e"]:
-            self.fetch_until = _NEVER  # progress: ask for the next chunk at once
+        if m["e"] and self.fetching == (x, s):
+            # The answer to our fetch: ask for the next chunk at once. Not for
+            # news (decided values a leader sends unasked): a member back from
+            # a pause reads hundreds of those in one go, and each once sent
+            # the same fetch again, each answered with up to fetch_max_bytes.
+            self.fetching = None
+            self.fetch_until = _NEVER
         if self.role != LEADER:
             self._learn_commit(*self.infer)
         else:
