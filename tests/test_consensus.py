@@ -666,6 +666,58 @@ def test_a_member_back_from_a_pause_asks_for_what_it_missed_once() -> None:
     assert net.items(p) == net.items(ld)
 
 
+def test_a_stall_is_not_taken_for_the_peers_silence() -> None:
+    """A leader whose host did not drive it for longer than the election
+    timeout (a stalled loop, a paused process) finds its members' answers
+    waiting unread: its first tick must not step down for their "silence".
+    Real silence afterwards still ends its leadership."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    et = CFG.election_timeout
+    net.t += 3 * et  # the stall: no tick, no message
+    ld.r.tick(net.t)
+    net.drain(ld)
+    assert ld.r.is_leader
+    net.deliver()
+    net.run(2 * et)
+    assert ld.r.is_leader  # its members answered all along
+    for h in net.hosts.values():
+        if h is not ld:
+            h.up = False  # now they are really gone
+    net.run(2 * et)
+    assert not ld.r.is_leader
+
+
+def test_a_follower_back_from_a_stall_hears_its_leader_before_campaigning() -> None:
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.run(0.5)
+    f = next(h for h in net.hosts.values() if h is not ld)
+    f.up = False  # paused: the leader's heartbeats queue up for it
+    held: list[tuple[str, str, bytes]] = []
+    deliver = net.deliver
+
+    def holding(limit: int = 100_000) -> None:
+        held.extend(q for q in net.queue if q[1] == f.id)
+        net.queue[:] = [q for q in net.queue if q[1] != f.id]
+        deliver(limit)
+
+    net.deliver = holding  # type: ignore[method-assign]
+    net.run(3 * CFG.election_timeout)
+    net.deliver = deliver  # type: ignore[method-assign]
+    f.up = True
+    f.r.tick(net.t)  # its timers run before its loop reads the backlog
+    net.drain(f)
+    assert f.r.role == "follower"  # no pre-vote round for a leader that is there
+    for src, _, data in held:
+        f.r.receive(net.t, src, orjson.loads(data))
+    net.drain(f)
+    net.deliver()
+    net.run(1.0)
+    assert net.leader() is ld
+
+
 def test_non_member_learns_by_push_after_registering() -> None:
     net = Net(["a", "b", "c", "l"], members=["a", "b", "c"])
     ld = net.elect()

@@ -599,7 +599,31 @@ class Replica:
             self.next_ping = now
             self.next_keepalive = now
         elif now > self.now:
+            gap = now - self.now
+            if gap > self._et() / 2:
+                self._resumed(gap)
             self.now = now
+
+    def _resumed(self, gap: float) -> None:
+        """The host has not driven us for `gap` seconds (its loop stalled, the
+        process was paused, its clock jumped): what peers sent meanwhile waits
+        unread, so that time is not their silence. The clocks that judge
+        silence move on by the gap, as etcd's logical ticks do by
+        construction. Without this a leader back from a stall longer than the
+        election timeout stepped down at its first tick (timers run before
+        the loop reads its sockets), and a follower called an election while
+        the leader's heartbeats sat in its socket. Normal ticks come at most a
+        quarter heartbeat apart, far below this threshold."""
+        self.last_leader_contact += gap
+        self._noted_contact += gap
+        self.election_at += gap
+        heard = self.heard
+        for x in heard:
+            heard[x] += gap
+        if self.ld is not None:
+            acks = self.ld.ack_time
+            for x in acks:
+                acks[x] += gap
 
     def _et(self) -> float:
         return self.cfg.election_timeout
