@@ -58,6 +58,8 @@ class Net:
         self.cut: set[tuple[str, str]] = set()
         self.sent: list[tuple[str, str, dict]] = []
         self.drop_types: set[str] = set()  # message kinds the network loses
+        # node id -> messages to it held unread (a paused process's socket)
+        self.held: dict[str, list[tuple[str, dict]]] = {}
         self.membership: Callable[[Host], frozenset[str]] = lambda h: self.initial
         self.initial = frozenset(members if members is not None else ids)
         for h in self.hosts.values():
@@ -111,6 +113,9 @@ class Net:
             msg = orjson.loads(data)
             if msg["t"] in self.drop_types:
                 continue
+            if dst in self.held:
+                self.held[dst].append((src, msg))
+                continue
             h.r.receive(self.t, src, msg)
             self.drain(h)
         assert n < limit, "message storm"
@@ -118,7 +123,7 @@ class Net:
     def tick(self, dt: float = 0.01) -> None:
         self.t += dt
         for h in self.hosts.values():
-            if h.up:
+            if h.up and h.id not in self.held:
                 h.r.tick(self.t)
                 self.drain(h)
         self.deliver()
@@ -170,6 +175,22 @@ class Net:
 
     def heal(self) -> None:
         self.cut.clear()
+
+    def pause(self, nid: str) -> None:
+        """nid's process stops: no ticks, and what is sent to it waits unread."""
+        self.held[nid] = []
+
+    def resume(self, nid: str, tick_first: bool = False) -> None:
+        """nid reads its whole backlog in one go (after a tick, if
+        `tick_first`: its timers run before its loop reads the sockets)."""
+        h = self.hosts[nid]
+        backlog = self.held.pop(nid)
+        if tick_first:
+            h.r.tick(self.t)
+            self.drain(h)
+        for src, msg in backlog:
+            h.r.receive(self.t, src, msg)
+        self.drain(h)
 
     def crash(self, nid: str) -> None:
         self.hosts[nid].up = False
@@ -639,27 +660,13 @@ def test_a_member_back_from_a_pause_asks_for_what_it_missed_once() -> None:
     ld = net.elect()
     net.run(0.5)
     p = next(h for h in net.hosts.values() if h is not ld)
-    held: list[tuple[str, str, bytes]] = []
-    deliver = net.deliver
-
-    def holding(limit: int = 100_000) -> None:
-        held.extend(q for q in net.queue if q[1] == p.id)
-        net.queue[:] = [q for q in net.queue if q[1] != p.id]
-        deliver(limit)
-
-    net.deliver = holding  # type: ignore[method-assign]
-    p.up = False  # paused: no ticks, its socket fills
+    net.pause(p.id)
     for k in range(600):  # an all-vote spell after the first silence, then news
         net.propose(ld, f"w{k}")
         net.tick(0.005)
-    news = [m for _, to, data in held if (m := orjson.loads(data))["t"] == M.ENTRIES]
-    assert len(news) > 20
-    p.up = True
-    net.deliver = deliver  # type: ignore[method-assign]
+    assert sum(m["t"] == M.ENTRIES for _, m in net.held[p.id]) > 20
     n0 = len(net.sent)
-    for src, _, data in held:  # one big read
-        p.r.receive(net.t, src, orjson.loads(data))
-    net.drain(p)
+    net.resume(p.id)
     fetches = [m for s, _, m in net.sent[n0:] if s == p.id and m["t"] == M.FETCH]
     assert len(fetches) <= 1
     net.run(1.0)
@@ -694,25 +701,12 @@ def test_a_follower_back_from_a_stall_hears_its_leader_before_campaigning() -> N
     ld = net.elect()
     net.run(0.5)
     f = next(h for h in net.hosts.values() if h is not ld)
-    f.up = False  # paused: the leader's heartbeats queue up for it
-    held: list[tuple[str, str, bytes]] = []
-    deliver = net.deliver
-
-    def holding(limit: int = 100_000) -> None:
-        held.extend(q for q in net.queue if q[1] == f.id)
-        net.queue[:] = [q for q in net.queue if q[1] != f.id]
-        deliver(limit)
-
-    net.deliver = holding  # type: ignore[method-assign]
+    net.pause(f.id)  # the leader's heartbeats queue up for it
     net.run(3 * CFG.election_timeout)
-    net.deliver = deliver  # type: ignore[method-assign]
-    f.up = True
-    f.r.tick(net.t)  # its timers run before its loop reads the backlog
-    net.drain(f)
-    assert f.r.role == "follower"  # no pre-vote round for a leader that is there
-    for src, _, data in held:
-        f.r.receive(net.t, src, orjson.loads(data))
-    net.drain(f)
+    sent = len(net.sent)
+    net.resume(f.id, tick_first=True)
+    # no pre-vote round for a leader that is there
+    assert not any(m["t"] == M.PREVOTE for s, _, m in net.sent[sent:] if s == f.id)
     net.deliver()
     net.run(1.0)
     assert net.leader() is ld
