@@ -664,7 +664,13 @@ def test_a_member_back_from_a_pause_asks_for_what_it_missed_once() -> None:
     for k in range(600):  # an all-vote spell after the first silence, then news
         net.propose(ld, f"w{k}")
         net.tick(0.005)
-    assert sum(m["t"] == M.ENTRIES for _, m in net.held[p.id]) > 20
+    # The leader's queue for it overflowed and dropped the oldest: the
+    # accepts of the all-vote spell and the first news. The rest of the news
+    # starts past what it can apply, and its heartbeats show it behind.
+    backlog = net.held[p.id]
+    first = next(k for k, (_, m) in enumerate(backlog) if m["t"] == M.ENTRIES)
+    backlog[:] = [(s, m) for s, m in backlog[first + 1 :] if m["t"] not in (M.ACCEPT, M.COMMIT)]
+    assert sum(m["t"] == M.ENTRIES for _, m in backlog) > 20
     n0 = len(net.sent)
     net.resume(p.id)
     fetches = [m for s, _, m in net.sent[n0:] if s == p.id and m["t"] == M.FETCH]
