@@ -220,9 +220,6 @@ class Connection(asyncio.Protocol):
                 self._line(line)
         finally:
             self._in_data = False
-            after = self.server.after_read
-            if after is not None:
-                after()
             self._flush()
 
     # -- requests ---------------------------------------------------------
@@ -425,9 +422,6 @@ class Server:
         self.max_line = max_line
         self.max_value = max_value
         self.peer_accept = peer_accept
-        # Called once a read's requests are all dispatched (the sequencer's
-        # settle: work they queued goes out now, not a loop pass later).
-        self.after_read: Callable[[], None] | None = None
         self.dispatch = dispatch or node.dispatch
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None

@@ -162,29 +162,6 @@ def test_clients_that_read_nothing_of_big_answers_are_dropped_and_hold_big_answe
     assert not server.output_backed_up()
 
 
-def test_after_read_comes_once_a_read_s_requests_are_all_dispatched() -> None:
-    """The server tells the sequencer when a read's requests are all in (so a
-    lone write goes out at once, a pipelined batch as one), before it writes
-    the read's answers."""
-    from types import SimpleNamespace
-
-    from doozer.server import Connection, Server
-
-    dispatched: list[str] = []
-    at_settle: list[list[str]] = []
-    node = SimpleNamespace(
-        dispatch=lambda req, call: dispatched.append(req.tag),
-        hold_big_answers_while=lambda f: None,
-    )
-    server = Server(node)  # type: ignore[arg-type]
-    server.after_read = lambda: at_settle.append(list(dispatched))
-    c = Connection(server)
-    c.transport = _Transport()  # type: ignore[assignment]
-    c.data_received(b'{"tag":"a","verb":"GET","path":"/x"}\n{"tag":"b","verb":"GET",')
-    c.data_received(b'"path":"/y"}\n{"tag":"c","verb":"GET","path":"/z"}\n')
-    assert at_settle == [["a"], ["a", "b", "c"]]
-
-
 def test_one_client_failing_to_flush_does_not_silence_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
