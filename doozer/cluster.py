@@ -304,7 +304,6 @@ class ClusterSequencer:
         self._late_seen: dict[str, int] = {}  # late_votes as last logged
         self._late_logged = -LATE_LOG_EVERY
         self._kicked = False
-        self._kick_handle: asyncio.Handle | None = None  # the pass _kick queued
         self._undecided: dict[int, Proposal] = {}
         self._last_progress = 0.0
         self._last_leader: str | None = None
@@ -353,7 +352,6 @@ class ClusterSequencer:
             self.cluster_id,
             secret=self.secret.decode() if self.secret else None,
             on_message=self._on_message,
-            on_read=self.settle,
             addr=node.addr,
             rng=self.rng,
         )
@@ -597,34 +595,7 @@ class ClusterSequencer:
     def _kick(self) -> None:
         if not self._kicked and self._loop is not None:
             self._kicked = True
-            self._kick_handle = self._loop.call_soon(self._process)
-
-    def settle(self) -> None:
-        """The peer hub has handed over all that one read held. With at most
-        one request of this node's own in flight, process now rather than one
-        loop pass later: a lone sequential write crosses two such passes (the
-        voter's accept, the leader's decision), each a loop turn and an
-        epoll_pwait of its own. With more in flight, the queued pass gathers
-        every link's messages into one Ready, as before.
-
-        Clients' reads do not settle: the first request read after a decision
-        would go out alone, and the rest of a burst (64 clients answered at
-        once) wait for it as the next instance. That cost ~10 % of SET/s at
-        64 clients (A/B, 7 pairs), for a sequential gain within noise."""
-        h = self._kick_handle
-        if h is None or not self._kicked or self._closed:
-            return
-        if len(self._undecided) + len(self._reads) > 1:
-            return
-        h.cancel()
-        self._kick_handle = None
-        self._kicked = False
-        try:
-            self._process()
-        except Exception:
-            # As the loop would have for the queued pass: the read's
-            # connection must not pay for a bug here.
-            log.exception("processing failed")
+            self._loop.call_soon(self._process)
 
     def _process(self) -> None:
         if self._closed:

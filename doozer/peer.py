@@ -255,7 +255,6 @@ class _Inbound(asyncio.Protocol):
                 return
         if start:
             del buf[:start]
-            hub._read_done()
         if len(buf) > limit:
             self.close(f"message over the {hub._max_message} byte limit")
             return
@@ -275,9 +274,7 @@ class PeerHub:
 
     Call `set_peers`, `send`, `broadcast`, `accept_inbound` and `close` from
     the event loop's thread. `send` and `broadcast` never block, never await
-    and never raise on a dead or unknown peer. `on_message` gets each message
-    received; `on_read`, if given, is called once all that one read of a
-    link held has been delivered.
+    and never raise on a dead or unknown peer.
     """
 
     def __init__(
@@ -288,7 +285,6 @@ class PeerHub:
         *,
         secret: str | None,
         on_message: Callable[[str, dict[str, Any]], None],
-        on_read: Callable[[], None] | None = None,
         on_peer_up: Callable[[str], None] | None = None,
         on_peer_down: Callable[[str], None] | None = None,
         addr: str = "",
@@ -311,7 +307,6 @@ class PeerHub:
         self.cluster_id = cluster_id
         self._secret = secret
         self._on_message = on_message
-        self._on_read = on_read
         self._on_peer_up = on_peer_up
         self._on_peer_down = on_peer_down
         self._max_message = max_message
@@ -730,13 +725,6 @@ class PeerHub:
             self._on_message(node, msg)
         except Exception:
             self._log(f"on_message from {node} failed:\n{traceback.format_exc()}")
-
-    def _read_done(self) -> None:
-        if self._on_read is not None:
-            try:
-                self._on_read()
-            except Exception:
-                self._log(f"on_read failed:\n{traceback.format_exc()}")
 
     def _inbound_lost(self, proto: _Inbound) -> None:
         if self._inbound.get(proto.node) is proto:

@@ -190,32 +190,6 @@ def test_messages_flow_among_three_nodes_in_order() -> None:
     run(main())
 
 
-def test_on_read_follows_every_message_one_read_held() -> None:
-    """The host processes after each read, not each message: `on_read` comes
-    once all that a read held was delivered, so a batch sent at once is seen
-    whole (a follower's fsync then covers every accept in it)."""
-
-    async def main() -> None:
-        seen: list[int] = []
-        b = Node("B")
-        b.hub_args["on_read"] = lambda: seen.append(len(b.inbox))
-        a, b = await Node("A").start(), await b.start()
-        try:
-            await mesh(a, b)
-            assert a.hub is not None
-            for i in range(200):
-                a.hub.send("B", {"i": i, "pad": "x" * 100})
-            await until(lambda: len(b.inbox) == 200, "200 messages at B")
-            await until(lambda: seen and seen[-1] == 200, "on_read after the last")
-            assert 1 <= len(seen) < 200  # one call per read, not per message
-            assert seen == sorted(seen)
-        finally:
-            await a.stop()
-            await b.stop()
-
-    run(main())
-
-
 def test_broadcast_reaches_every_peer_but_the_excluded() -> None:
     async def main() -> None:
         nodes = [await Node(x).start() for x in "ABC"]
