@@ -698,13 +698,18 @@ class ClusterSequencer:
             # quorum already (our own vote counts only once synced).
             #
             # A Ready that decides and sends nothing but news of decisions
-            # (commit notices, decided values) answers its clients first: the
-            # news waits on nobody, while each write costs ~20 us here and the
-            # clients' replies waited behind them.
+            # (commit notices, decided values) answers its clients first, as
+            # long as only our own clients wait on it: each write costs ~20 us
+            # here and the clients' replies waited behind them. When some of
+            # the writes came from other nodes their clients wait on the news,
+            # and it goes first: a member then applies the batch while we do,
+            # not after (with 64 clients over three nodes, a batch of ~64
+            # writes takes each node ~1.3 ms to apply).
             notices_only = (
                 bool(rd.decided)
                 and not rd.messages
                 and all(msg["t"] in _NEWS for _, msg in rd.early)
+                and not self._forwarded(rd.decided)
             )
             if rd.early:
                 for to, msg in rd.early:
@@ -721,6 +726,12 @@ class ClusterSequencer:
                     self.flush_clients()
                 hub.flush()
         return True
+
+    def _forwarded(self, decided: list[tuple[int, list]]) -> bool:
+        """Whether any of these decided writes came from another node."""
+        assert self.node is not None
+        mine = self.node.incarnation
+        return any(w[0] != mine for _, batch in decided for w in batch)
 
     def _persist_then(self, rd: Any) -> None:
         disk, pipe = self.disk, self._pipeline
