@@ -79,6 +79,16 @@ def restarted(datadir: Path, port: int, flags: list[str], deadline: float) -> No
     return node
 
 
+def kill_while_writing(node: NodeProc, w: Writer, need: int, pause: float) -> dict:
+    """Kill the node `pause` s after `w` has had `need` writes acknowledged;
+    what it acknowledged."""
+    with w:
+        wait_for(lambda: len(w.acked) > need, 20, "writes acknowledged")
+        w.stop.wait(pause)
+        node.kill()
+    return w.acked
+
+
 def check_acked(addr: str, acked: dict[str, tuple[int, str]]) -> None:
     with Raw(addr, timeout=10) as r:
         for path, (rev, value) in acked.items():
@@ -97,11 +107,8 @@ def test_single_node_kill9_under_load_loses_nothing(tmp_path):
     acked: dict[str, tuple[int, str]] = {}
     try:
         for rnd in range(10):
-            with Writer([node.addr], f"r{rnd}") as w:
-                wait_for(lambda w=w: len(w.acked) > 20, 20, "writes acknowledged")
-                w.stop.wait(rng.uniform(0.05, 0.6))
-                node.kill()
-            acked.update(w.acked)
+            w = Writer([node.addr], f"r{rnd}")
+            acked.update(kill_while_writing(node, w, 20, rng.uniform(0.05, 0.6)))
             node = restarted(tmp_path / "d", port, flags, 20)
             check_acked(node.addr, acked)
         assert len(acked) > 100
@@ -153,11 +160,8 @@ def test_kill9_while_a_big_snapshot_is_encoded_loses_nothing(tmp_path):
             wait_for(lambda: len(w.acked) >= 12_000, 120, "the tree filled")
         acked.update(w.acked)
         for rnd in range(5):
-            with BulkWriter([node.addr], f"r{rnd}") as w:
-                wait_for(lambda w=w: len(w.acked) > 500, 20, "writes acknowledged")
-                w.stop.wait(rng.uniform(0.2, 1.5))
-                node.kill()
-            acked.update(w.acked)
+            w = BulkWriter([node.addr], f"r{rnd}")
+            acked.update(kill_while_writing(node, w, 500, rng.uniform(0.2, 1.5)))
             node = restarted(tmp_path / "d", port, [], 30)
             with Raw(node.addr, timeout=30) as r:
                 files = r.call({"verb": "WALK", "path": "/bulk/**"})["files"]
