@@ -1011,3 +1011,89 @@ def test_full_tmpfs(tmpfs: Path) -> None:
     d, _, got = reopen(path)
     d.close()
     assert got == [*synced, *batch]
+
+
+# -- direct I/O ----------------------------------------------------------------------
+
+
+def _batches(seed: int) -> list[list[list]]:
+    """Batches of assorted sizes, from a few bytes to several blocks each."""
+    rng = random.Random(seed)
+    out, n = [], 0
+    for _ in range(120):
+        k = rng.randrange(1, 12)
+        out.append(recs(k, n, size=rng.choice((1, 50, 700, 3000, 9000))))
+        n += k
+    return out
+
+
+def test_direct_appends_leave_the_bytes_the_page_cache_leaves(tmp_path: Path) -> None:
+    """Whole blocks written again from memory, across reopenings mid-block and
+    segment rolls, must leave exactly what write + fdatasync leaves."""
+    batches = _batches(11)
+    for direct in (True, False):
+        path = tmp_path / f"direct-{direct}"
+        d = fresh(path, direct=direct, **PRE)
+        done: list[list] = []
+        for i, b in enumerate(batches):
+            assert d._dio == direct  # (the path under test is the one taken)
+            d.append(b)
+            d.sync()
+            done += b
+            if i % 9 == 4:
+                d.close()
+                d, _, got = reopen(path, direct=direct, **PRE)
+                assert got == done and d.notes == []
+        d.close()
+    segs = {direct: segments(tmp_path / f"direct-{direct}") for direct in (True, False)}
+    assert len(segs[True]) > 3  # it rolled
+    assert [s.name for s in segs[True]] == [s.name for s in segs[False]]
+    for a, b in zip(segs[True], segs[False], strict=True):
+        # (a batch that overshoots the segment's zeros grows it by whole blocks)
+        assert a.read_bytes().rstrip(b"\0") == b.read_bytes().rstrip(b"\0"), a.name
+
+
+def test_direct_write_errors_keep_what_was_durable_and_retry(tmp_path: Path, fos: FaultyOS) -> None:
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    assert d._dio
+    d.append(recs(3))
+    d.sync()
+    fos.fail["fdatasync"] = errno.EIO  # the O_DSYNC write's sync fails
+    d.append(recs(3, 3))
+    with pytest.raises(StorageError, match="Input/output error"):
+        d.sync()
+    del fos.fail["fdatasync"]
+    d.sync()
+    fos.space = 5000  # one block of the next batch fits, then the disk is full
+    d.append(recs(60, 6))
+    with pytest.raises(StorageError, match="No space left"):
+        d.sync()
+    d.append(recs(1, 66))  # appends go on while the disk is full
+    fos.space = None
+    d.sync()
+    d.append(recs(2, 67))
+    d.sync()
+    d.close()
+    d, _, got = reopen(path, **PRE)
+    d.close()
+    assert got == recs(69) and d.notes == []  # once each, in order
+
+
+@pytest.mark.parametrize("refuses", ["open", "write"])
+def test_a_file_system_without_direct_io_is_written_through_the_page_cache(
+    tmp_path: Path, fos: FaultyOS, refuses: str
+) -> None:
+    fos.no_direct = refuses
+    path = tmp_path / "d"
+    d = fresh(path, **PRE)
+    for k in range(60):  # on past a roll
+        d.append(recs(10, 10 * k))
+        d.sync()
+        assert not d._dio
+    d.close()
+    assert len(segments(path)) > 1
+    fos.no_direct = None
+    d, _, got = reopen(path, **PRE)
+    assert got == recs(600) and d._dio  # direct again where it works
+    d.close()
