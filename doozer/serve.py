@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import logging
 import os
@@ -21,6 +20,7 @@ from doozer.runtime import tune_gc
 from doozer.sequencer import LocalSequencer
 from doozer.server import Server
 from doozer.store import Store
+from doozer.uri import BadURI, split_addrs
 from doozer.version import __version__
 
 log = logging.getLogger("doozer")
@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="ADDR",
-        help="join the cluster of this live node (repeatable); when resuming from a data "
-        "dir, where to find a peer that moved",
+        help="join the cluster of this live node (repeatable, or a,b,c; this node's own "
+        "address is skipped); when resuming from a data dir, where to find a peer that moved",
     )
     p.add_argument(
         "-c", "--cluster", default=None, metavar="NAME", help="cluster name (default local)"
@@ -243,11 +243,18 @@ def run(args: argparse.Namespace) -> int:
     own = {(host, port)}
     if args.advertise:
         own.add(split_addr(args.advertise))
-    for a in args.attach or ():
-        with contextlib.suppress(ValueError):  # a bad -a is reported where it is dialed
-            if split_addr(a) in own:
-                log.error("-a %s is this node's own address: leave -a out to start a cluster", a)
-                return 2
+    # -a takes lists too (a,b,c), as the client commands and bench do; a
+    # malformed one would otherwise be retried for ever as a host name.
+    try:
+        attach = [a for text in args.attach or () for a in split_addrs(text)]
+    except BadURI as e:
+        log.error("-a: %s", e)
+        return 2
+    # The same list on every node's command line is fine: each skips itself.
+    args.attach = [a for a in attach if split_addr(a) not in own]
+    if attach and not args.attach:
+        log.error("-a %s is this node's own address: leave -a out to start a cluster", attach[0])
+        return 2
     # A port in use is found now, not after joining the cluster (which
     # writes this node's /ctl/node entries) or creating the data dir.
     # (The default web address is let go with a warning if taken, later.)

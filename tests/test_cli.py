@@ -266,6 +266,32 @@ def test_serve_refuses_to_join_itself(tmp_path: Any) -> None:
     assert not d.exists()
 
 
+def test_serve_refuses_a_malformed_attach_address(tmp_path: Any) -> None:
+    """A malformed -a was dialed as a host name, and retried for ever."""
+    d = tmp_path / "data"
+    for bad in ("127.0.0.1:9650;127.0.0.1:9651", "127.0.0.1", "host:99999", "::1:80"):
+        argv = ["serve", "-l", "127.0.0.1:0", "-w", "off", "-d", str(d), "-a", bad]
+        status, _, err = subprocess_run(argv, b"", {})
+        assert status == 2 and "-a: bad address" in err, (bad, err)
+        assert not d.exists()
+
+
+@pytest.mark.skipif(not HAVE_SERVER, reason="needs the server")
+def test_serve_joins_through_an_address_list_that_names_itself(tmp_path: Any) -> None:
+    """The same comma-separated -a list on every node's command line: each
+    skips its own address and joins through the others."""
+    from tests.nodeproc import NodeProc, Raw, free_port
+
+    with NodeProc() as first:
+        port = free_port()
+        peers = f"{first.addr},127.0.0.1:{port}"
+        with NodeProc("-a", peers, port=port) as second, Raw(second.addr) as c:
+            assert c.call({"verb": "SET", "path": "/x", "value": "1"}).get("rev"), second.log()
+            with Raw(first.addr) as c1:
+                got = c1.call({"verb": "GET", "path": "/x"})
+            assert got.get("value") == "1", got
+
+
 def test_all_vote_turns_thrifty_accepts_off() -> None:
     from doozer.cluster import make_config
 
