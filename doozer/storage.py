@@ -1,7 +1,7 @@
 """A node's data dir: lock, format version, identity, the durable log, snapshots.
 
 Blocking file I/O behind a small interface; the node calls it from its event
-loop or its disk thread (a durable small append costs about 0.1 ms).
+loop (an fsync of a small append costs about 0.1 ms).
 
 Layout of DIR:
 
@@ -26,9 +26,7 @@ first frame without the salt: zeros, or what the file held in an earlier use.
 A segment is rolled (the next one started) once it reaches `segment_bytes`
 (64 MiB); a snapshot does not roll it. A new segment's file is written full of
 zeros first (where the disk has twice the space free), so that appends
-overwrite written blocks and their fdatasync commits no metadata (and, where
-the file system takes it, appends to such a segment are O_DIRECT|O_DSYNC
-writes of whole blocks: see _BLOCK); a segment
+overwrite written blocks and their fdatasync commits no metadata; a segment
 that a snapshot has made obsolete becomes the next segment's file instead of
 being deleted (recycled), which saves writing those zeros and the discard a
 delete would cost. The salt and the crc's start value keep the old records
@@ -71,7 +69,6 @@ import errno
 import fcntl
 import gc
 import logging
-import mmap
 import os
 import re
 import struct
@@ -128,18 +125,6 @@ def _snap_name(instance: int, seq: int) -> str:
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e)
-
-
-# Appends to the active segment go through O_DIRECT|O_DSYNC where the file
-# system takes them: one write that is durable on return, in place of a
-# write into the page cache and an fdatasync. Direct writes must cover whole
-# blocks from an aligned buffer, so the segment's last partial block is kept
-# in memory and written again with each append (the page cache did the same).
-# Measured here (ext4 on virtio, write-back cache, no FUA): a 200-byte
-# append + fdatasync ~98 us, the same as one direct block ~75 us; a
-# client -> A -> B round trip with both fsyncing ~0.28 ms vs ~0.245 ms.
-_BLOCK = 4096
-_ZERO_BLOCK = bytes(_BLOCK)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -351,18 +336,10 @@ class DataDir:
     """
 
     def __init__(
-        self,
-        path: str,
-        lock_fd: int,
-        segment_bytes: int,
-        preallocate: bool = True,
-        direct: bool = True,
+        self, path: str, lock_fd: int, segment_bytes: int, preallocate: bool = True
     ) -> None:
         self.path = path
         self._prealloc = preallocate
-        self._direct = direct  # appends by O_DIRECT|O_DSYNC, while the fs takes them
-        self._dio = False  # the active segment's fd is O_DIRECT|O_DSYNC
-        self._dbuf: mmap.mmap | None = None  # aligned: the last partial block, then the append
         self.meta: dict | None = None
         self.notes: list[str] = []  # what recovery repaired (torn tails), also logged
         self._lock_fd: int | None = lock_fd
@@ -394,11 +371,9 @@ class DataDir:
         create: bool,
         segment_bytes: int = SEGMENT_BYTES,
         preallocate: bool = True,
-        direct: bool = True,
     ) -> DataDir:
         """Lock the data dir at `path` (made if `create`) and check its format.
-        `preallocate`: reserve each segment's full size when it is started.
-        `direct`: append with O_DIRECT|O_DSYNC where the file system allows."""
+        `preallocate`: reserve each segment's full size when it is started."""
         path = os.path.abspath(path)
         if create:
             try:
@@ -409,7 +384,7 @@ class DataDir:
             raise StorageError(f"no data dir at {path}")
         lock_fd = _lock(path)
         try:
-            dd = cls(path, lock_fd, segment_bytes, preallocate, direct)
+            dd = cls(path, lock_fd, segment_bytes, preallocate)
             dd._check_format(create)
             dd._remove_temps()
             mpath = os.path.join(path, "meta")
@@ -740,21 +715,21 @@ class DataDir:
         data = self._pending
         if not data and not self._dirty:
             return
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
         try:
             if self._dirty:
-                os.ftruncate(self._fd, self._size)
+                os.ftruncate(fd, self._size)
                 self._dirty = False
             if data:
                 self._dirty = True
-                if not (self._dio and self._write_direct(data)):
-                    _write_all(self._fd, data, self._size)
-                    os.fdatasync(self._fd)
+                _write_all(fd, data, self._size)
+                os.fdatasync(fd)
                 self._dirty = False
         except OSError as e:
             # Never leave a partial batch behind what is durable; retry writes it all.
             try:
-                os.ftruncate(self._fd, self._size)
+                os.ftruncate(fd, self._size)
                 self._dirty = False
             except OSError:
                 pass
@@ -774,46 +749,6 @@ class DataDir:
         elif self._spare is None and self._prealloc and self._size >= self._segment_bytes // 2:
             # No spare, none recycled (no snapshot yet covers a segment): fill one.
             self._spare = _Spare(os.path.join(self.path, _SPARE), self._segment_bytes)
-
-    def _write_direct(self, data: bytearray) -> bool:
-        """Write `data` at the end of the records and make it durable, by whole
-        blocks through the O_DIRECT|O_DSYNC fd. False (nothing written, and
-        buffered writes from now on) if the file system refuses direct I/O."""
-        size = self._size
-        start = size - size % _BLOCK
-        tail = size - start  # bytes of the last partial block, held in _dbuf
-        end = tail + len(data)
-        n = -(-end // _BLOCK) * _BLOCK
-        buf = self._dbuf
-        assert buf is not None
-        if len(buf) < n:
-            grown = mmap.mmap(-1, max(n, 2 * len(buf)))
-            grown[:tail] = buf[:tail]
-            buf.close()
-            self._dbuf = buf = grown
-        buf[tail:end] = data
-        buf[end:n] = _ZERO_BLOCK[: n - end]  # what follows the records: zeros
-        try:
-            with memoryview(buf) as mv:
-                _write_all(self._fd, mv[:n], start)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            self._no_direct(e)
-            self._buffered()
-            return False
-        keep = end - end % _BLOCK
-        if keep:
-            buf[: end - keep] = buf[keep:end]
-        return True
-
-    def _buffered(self) -> None:
-        """Append to the active segment through the page cache (write + fdatasync)."""
-        self._dio = False
-        fd = os.open(self._seg_path, os.O_WRONLY)
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = fd
 
     def pending_bytes(self) -> int:
         """Bytes appended but not yet synced."""
@@ -878,43 +813,6 @@ class DataDir:
         self._seed = _seed(first)
         self._size = size
         self._dirty = False
-        self._dio = False
-        if self._direct:
-            self._open_direct()
-
-    def _open_direct(self) -> None:
-        """Swap the active segment's fd for an O_DIRECT|O_DSYNC one, and load
-        its last partial block into the aligned buffer. Only for a segment
-        filled with zeros ahead: appends that grow a file commit its size
-        anyway, and would leave it a whole number of blocks long. On any
-        failure the segment is appended to through the page cache."""
-        assert self._fd is not None
-        fd = -1
-        try:
-            if os.fstat(self._fd).st_size < self._segment_bytes:
-                return
-            fd = os.open(self._seg_path, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
-            tail = self._size % _BLOCK
-            if self._dbuf is None:
-                self._dbuf = mmap.mmap(-1, 1 << 20)
-            if tail:
-                with memoryview(self._dbuf) as mv:
-                    got = os.preadv(fd, [mv[:_BLOCK]], self._size - tail)
-                if got < tail:
-                    raise OSError(errno.EIO, f"read {got} of the last block's {tail} bytes")
-        except OSError as e:
-            if fd >= 0:
-                os.close(fd)
-            self._no_direct(e)
-            return
-        os.close(self._fd)
-        self._fd = fd
-        self._dio = True
-
-    def _no_direct(self, e: OSError) -> None:
-        log.info("%s: appends go through the page cache (%s)", self._seg_path, _why(e))
-        if e.errno == errno.EINVAL:  # the file system has no direct I/O: stop trying
-            self._direct = False
 
     # -- snapshots -------------------------------------------------------------
 
@@ -1038,9 +936,6 @@ class DataDir:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._dbuf is not None:
-            self._dbuf.close()
-            self._dbuf = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -7,15 +7,11 @@
     fos.delay["fdatasync"] = 0.05  # a slow disk: each call sleeps first
 
 Everything not overridden is the real `os`. Calls are counted in `fos.calls`.
-A write to an O_DSYNC fd is a write and an fdatasync in one: it is counted,
-delayed and failed as both (the sync's fault after the bytes went out, as
-a real fsync error comes). On an O_DIRECT fd a full disk takes whole blocks.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import time
 from collections import Counter
@@ -33,10 +29,6 @@ class FaultyOS:
         self.fail_create: tuple[str, int] | None = None  # (name suffix, errno) for O_CREAT
         self.calls: Counter[str] = Counter()
         self.delay: dict[str, float] = {}  # function name -> seconds it sleeps first
-        # A file system without direct I/O: "open" refuses O_DIRECT (as tmpfs
-        # did), "write" opens it and then refuses each direct write (as some
-        # FUSE file systems do). EINVAL either way.
-        self.no_direct: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -62,17 +54,8 @@ class FaultyOS:
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         self._check("pwrite")
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        if flags & os.O_DIRECT and self.no_direct == "write":
-            raise _err(errno.EINVAL)
-        n = len(data)
-        if flags & os.O_DIRECT and self.space is not None:
-            n = min(n, self.space - self.space % 4096) or n  # 0: ENOSPC below
-        k = self._room(n)
-        done = os.pwrite(fd, memoryview(data)[:k], offset)
-        if flags & os.O_DSYNC:
-            self._check("fdatasync")
-        return done
+        k = self._room(len(data))
+        return os.pwrite(fd, memoryview(data)[:k], offset)
 
     def write(self, fd: int, data: Any) -> int:
         self._check("write")
@@ -97,8 +80,6 @@ class FaultyOS:
 
     def open(self, path: str, flags: int, mode: int = 0o777) -> int:
         self.calls["open"] += 1
-        if flags & os.O_DIRECT and self.no_direct == "open":
-            raise _err(errno.EINVAL)
         if self.fail_create is not None and flags & os.O_CREAT:
             suffix, code = self.fail_create
             if path.endswith(suffix):
