@@ -259,12 +259,14 @@ class DoozerCluster:
     n: int = 3
     extra: list[str] = field(default_factory=list)
     name: str = "doozer"  # data dirs and logs: NAME0, NAME0.log, ...
+    root: Path = ROOT  # the tree whose doozer runs (bench/abba.py runs two)
     addrs: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     nodes: list[subprocess.Popen] = field(default_factory=list)
 
     def argv(self, addr: str, datadir: Path, attach: str | None) -> list[str]:
-        argv = [sys.executable, "-m", "doozer", "serve", "-l", addr, "-w", "off"]
+        # -P: doozer from PYTHONPATH (self.root), never from the working dir
+        argv = [sys.executable, "-P", "-m", "doozer", "serve", "-l", addr, "-w", "off"]
         argv += ["-d", str(datadir), "--election-timeout", "0.5", *self.extra]
         if attach:
             argv += ["-a", attach]
@@ -280,7 +282,7 @@ class DoozerCluster:
         p = self.procs.start(
             self.argv(addr, d, attach),
             self.workdir / f"{self.name}{i}.log",
-            env={"PYTHONPATH": str(ROOT)},
+            env={"PYTHONPATH": str(self.root)},
         )
         self.nodes.append(p)
         self.pids.append(p.pid)
