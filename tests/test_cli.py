@@ -298,3 +298,33 @@ def test_all_vote_turns_thrifty_accepts_off() -> None:
     p = cli.build_parser()
     assert make_config(p.parse_args(["serve"])).thrifty
     assert not make_config(p.parse_args(["serve", "--all-vote"])).thrifty
+
+
+CHAIN = """
+import json, os, subprocess, sys
+level = int(os.environ.get("LEVEL", "0"))
+if level < 2:  # a launcher: the same command line, one level down
+    env = {**os.environ, "LEVEL": str(level + 1)}
+    sys.exit(subprocess.run([sys.executable, "-c", sys.argv[1], *sys.argv[1:]], env=env).returncode)
+sys.path.insert(0, sys.argv[2])
+from doozer.launchers import launchers
+print(json.dumps([launchers(), os.getppid()]))
+"""
+
+
+def test_launchers_are_the_ancestors_with_the_same_command_line() -> None:
+    """The frozen binary's chain (staticx, bootloader, Python) run the same
+    arguments: the node finds its launchers, nearest first, and stops at the
+    first ancestor that is something else (here the test itself)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", CHAIN, CHAIN, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    chain, parent = json.loads(out)
+    assert len(chain) == 2 and chain[0] == parent, out
+    assert os.getpid() not in chain

@@ -312,6 +312,22 @@ def _retry(what: str, deadline: float, attempt) -> dict:  # type: ignore[no-unty
     pytest.fail(f"{what}: no success within {deadline}s; last: {last!r}")
 
 
+def test_kill_9_of_the_top_process_stops_the_node(start, tmp_path: Path) -> None:
+    """kill -9 of the pid a shell or a supervisor knows (the staticx launcher)
+    must stop the node as it would a plain process. It once left the Python
+    child running, holding the port, so a restart on that port failed."""
+    node = start(env={"TMPDIR": str(tmp_path)})
+    node.proc.send_signal(signal.SIGKILL)  # the top process only, not the group
+    node.proc.wait(timeout=STOP_DEADLINE)
+    end = time.monotonic() + STOP_DEADLINE
+    while node.group_alive() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not node.group_alive(), node.log()
+    assert "launcher process" in node.log()
+    with socket.socket() as s:  # the port is free for a restart
+        s.bind(("127.0.0.1", node.port))
+
+
 def test_three_nodes_from_one_file_survive_a_kill(start, tmp_path: Path) -> None:
     # kill -9 leaves extraction dirs behind: keep them in this test's scratch.
     env = {"TMPDIR": str(tmp_path)}
