@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from doozer.launchers import die_with_launchers
+
 
 def build_parser() -> argparse.ArgumentParser:
     from doozer import version
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import multiprocessing
 
     multiprocessing.freeze_support()  # `doozer bench --procs` in the frozen binary
+    die_with_launchers()  # the frozen binary: a kill -9 of its top pid stops us too
     parser = build_parser()
     args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):

@@ -13,11 +13,12 @@ clean-up: what a kill -9 means).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 
 log = logging.getLogger("doozer")
 
@@ -57,22 +58,57 @@ def launchers() -> list[int]:
     return out
 
 
-def die_with_launchers(loop: asyncio.AbstractEventLoop) -> None:
-    """In the frozen binary, exit at once (SIGKILL) when a launcher is gone."""
+def die_with_launchers() -> None:
+    """In the frozen binary, exit at once (SIGKILL) when a launcher is gone.
+    A daemon thread waits on the launchers' pidfds, so every command is
+    covered (a node, a WATCH, a bench), whatever loop it runs."""
     if not getattr(sys, "frozen", False) or not hasattr(os, "pidfd_open"):
         return
     chain = launchers()
+    fds: dict[int, int] = {}
     for pid in chain:
         try:
-            fd = os.pidfd_open(pid)
+            fds[os.pidfd_open(pid)] = pid
         except OSError:
             _gone(pid)  # exited between the look and the open
-            return
-        loop.add_reader(fd, _gone, pid)
     if chain and os.getppid() != chain[0]:
         _gone(chain[0])  # reparented while we looked: it is gone
+    top = os.environ.get("STATICX_PROG_PATH")
+    if top and chain and _top_gone(chain, top):
+        _gone(0)  # the staticx launcher (the top pid) died before we looked
+    if fds:
+        threading.Thread(target=_wait, args=(fds,), name="doozer-launchers", daemon=True).start()
+
+
+def _top_gone(chain: list[int], top: str) -> bool:
+    """Whether none of the launchers runs `top` (staticx's own executable),
+    for certain: anything that cannot be looked at counts as not gone."""
+    try:
+        want = os.stat(top)
+    except OSError:
+        return False
+    for pid in chain:
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return False
+    return True
+
+
+def _wait(fds: dict[int, int]) -> None:
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    while True:
+        for fd, _ in p.poll():
+            _gone(fds[fd])
 
 
 def _gone(pid: int) -> None:
-    log.error("launcher process %d is gone (killed): stopping as abruptly", pid)
+    who = f"launcher process {pid}" if pid else "launcher process (the top one)"
+    log.error("%s is gone (killed): stopping as abruptly", who)
     os.kill(os.getpid(), signal.SIGKILL)

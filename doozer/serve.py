@@ -13,7 +13,6 @@ import socket
 import sys
 
 from doozer import protocol
-from doozer.launchers import die_with_launchers
 from doozer.mutation import SET, Mutation
 from doozer.node import Node
 from doozer.peer import MAX_ITEM, MAX_MESSAGE, join_addr
@@ -391,7 +390,6 @@ def install_signal_handlers() -> None:
     _serving = False
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
-    die_with_launchers(loop)
 
 
 def _on_signal() -> None:

@@ -17,6 +17,7 @@ prebuilt binary is given.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -326,6 +327,50 @@ def test_kill_9_of_the_top_process_stops_the_node(start, tmp_path: Path) -> None
     assert "launcher process" in node.log()
     with socket.socket() as s:  # the port is free for a restart
         s.bind(("127.0.0.1", node.port))
+
+
+def test_kill_9_of_the_top_process_stops_a_watch_too(start, binary: Path, tmp_path: Path) -> None:
+    node = start()
+    watch = subprocess.Popen(
+        [str(binary), "-a", node.addr, "watch", "/**"],
+        cwd=binary.parent,
+        env={"TMPDIR": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def python_up() -> bool:  # the loaders and Python: three in the group
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+            n = 0
+            for p in pids:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{p}/stat", "rb") as f:
+                        stat = f.read()
+                    n += int(stat[stat.rindex(b")") + 2 :].split()[2]) == watch.pid
+            return n >= 3
+
+        end = time.monotonic() + START_DEADLINE
+        while not python_up():
+            assert time.monotonic() < end, "the watch did not start"
+            time.sleep(0.05)
+        watch.send_signal(signal.SIGKILL)  # the top process only
+        watch.wait(timeout=STOP_DEADLINE)
+        end = time.monotonic() + STOP_DEADLINE
+        while time.monotonic() < end:
+            try:
+                os.killpg(watch.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the watch's Python process outlived its killed launcher")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(watch.pid, signal.SIGKILL)
+        watch.wait(timeout=STOP_DEADLINE)
 
 
 def test_three_nodes_from_one_file_survive_a_kill(start, tmp_path: Path) -> None:
