@@ -69,8 +69,10 @@ def die_with_launchers() -> None:
     for pid in chain:
         try:
             fds[os.pidfd_open(pid)] = pid
-        except OSError:
+        except ProcessLookupError:
             _gone(pid)  # exited between the look and the open
+        except OSError:
+            return  # no pidfds here (a kernel before 5.3: ENOSYS): cannot follow them
     if chain and os.getppid() != chain[0]:
         _gone(chain[0])  # reparented while we looked: it is gone
     top = os.environ.get("STATICX_PROG_PATH")

@@ -328,3 +328,22 @@ def test_launchers_are_the_ancestors_with_the_same_command_line() -> None:
     chain, parent = json.loads(out)
     assert len(chain) == 2 and chain[0] == parent, out
     assert os.getpid() not in chain
+
+
+def test_without_pidfds_a_frozen_process_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 5.3 has no pidfd_open (ENOSYS): the loaders cannot be
+    followed, and that must not be taken for their death."""
+    import errno as _errno
+
+    from doozer import launchers
+
+    def nosys(pid: int) -> int:
+        raise OSError(_errno.ENOSYS, "Function not implemented")
+
+    killed: list[int] = []
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(launchers, "launchers", lambda: [os.getppid()])
+    monkeypatch.setattr(launchers.os, "pidfd_open", nosys)
+    monkeypatch.setattr(launchers, "_gone", killed.append)
+    launchers.die_with_launchers()
+    assert killed == []
