@@ -8,7 +8,9 @@ launcher killed that way left the node running as an orphan, holding its
 port and data dir, so `kill -9 PID` did not stop it and a restart found
 both taken. Each launcher only exits after its child, so a launcher gone
 first was killed; the node then dies as abruptly (no handover, no
-clean-up: what a kill -9 means).
+clean-up: what a kill -9 means). Only what the dead launcher would have
+removed is removed first: its extraction dir (13-19 MB in $TMPDIR, left
+behind at every such kill otherwise).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -65,52 +68,79 @@ def die_with_launchers() -> None:
     if not getattr(sys, "frozen", False) or not hasattr(os, "pidfd_open"):
         return
     chain = launchers()
+    top = os.environ.get("STATICX_PROG_PATH")
+    staticx, certain = _find_runner(chain, top) if top and chain else (None, False)
+    owned = extraction_dirs(
+        chain, getattr(sys, "_MEIPASS", None), os.environ.get("STATICX_BUNDLE_DIR"), staticx
+    )
     fds: dict[int, int] = {}
     for pid in chain:
         try:
             fds[os.pidfd_open(pid)] = pid
         except ProcessLookupError:
-            _gone(pid)  # exited between the look and the open
+            _gone([pid], owned)  # exited between the look and the open
         except OSError:
             return  # no pidfds here (a kernel before 5.3: ENOSYS): cannot follow them
     if chain and os.getppid() != chain[0]:
-        _gone(chain[0])  # reparented while we looked: it is gone
-    top = os.environ.get("STATICX_PROG_PATH")
-    if top and chain and _top_gone(chain, top):
-        _gone(0)  # the staticx launcher (the top pid) died before we looked
+        _gone([chain[0]], owned)  # reparented while we looked: it is gone
+    if staticx is None and certain:
+        _gone([0], owned)  # the staticx launcher (the top pid) died before we looked
     if fds:
-        threading.Thread(target=_wait, args=(fds,), name="doozer-launchers", daemon=True).start()
+        threading.Thread(
+            target=_wait, args=(fds, owned), name="doozer-launchers", daemon=True
+        ).start()
 
 
-def _top_gone(chain: list[int], top: str) -> bool:
-    """Whether none of the launchers runs `top` (staticx's own executable),
-    for certain: anything that cannot be looked at counts as not gone."""
+def extraction_dirs(
+    chain: list[int], meipass: str | None, bundle: str | None, staticx_pid: int | None
+) -> dict[int, str]:
+    """Which launcher removes which dir once its child exits: PyInstaller's
+    bootloader (the nearest) its _MEI dir, staticx (the launcher running the
+    binary itself; 0 when it is not among them: already gone) its bundle.
+    Only dirs of those names: nothing else is ever removed."""
+    owned: dict[int, str] = {}
+    if chain and meipass and os.path.basename(meipass).startswith("_MEI"):
+        owned[chain[0]] = meipass
+    if bundle and os.path.basename(bundle).startswith("staticx-"):
+        owned[staticx_pid or 0] = bundle
+    return owned
+
+
+def _find_runner(chain: list[int], path: str) -> tuple[int | None, bool]:
+    """The launcher whose executable is `path` (None if none is), and whether
+    that is certain: a launcher that cannot be looked at might be it."""
     try:
-        want = os.stat(top)
+        want = os.stat(path)
     except OSError:
-        return False
+        return None, False
+    certain = True
     for pid in chain:
         try:
             st = os.stat(f"/proc/{pid}/exe")
         except FileNotFoundError:
-            continue
+            continue  # exited
         except OSError:
-            return False
+            certain = False
+            continue
         if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
-            return False
-    return True
+            return pid, True
+    return None, certain
 
 
-def _wait(fds: dict[int, int]) -> None:
+def _wait(fds: dict[int, int], owned: dict[int, str]) -> None:
     p = select.poll()
     for fd in fds:
         p.register(fd, select.POLLIN)
-    while True:
-        for fd, _ in p.poll():
-            _gone(fds[fd])
+    p.poll()
+    _gone([fds[fd] for fd, _ in p.poll(0)], owned)  # every launcher gone by now
 
 
-def _gone(pid: int) -> None:
-    who = f"launcher process {pid}" if pid else "launcher process (the top one)"
-    log.error("%s is gone (killed): stopping as abruptly", who)
+def _gone(pids: list[int], owned: dict[int, str]) -> None:
+    for pid in pids:
+        who = f"launcher process {pid}" if pid else "launcher process (the top one)"
+        log.error("%s is gone (killed): stopping as abruptly", who)
+    for pid in pids:
+        d = owned.get(pid)
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)  # what that launcher would have removed
     os.kill(os.getpid(), signal.SIGKILL)

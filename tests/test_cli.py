@@ -340,10 +340,26 @@ def test_without_pidfds_a_frozen_process_goes_on(monkeypatch: pytest.MonkeyPatch
     def nosys(pid: int) -> int:
         raise OSError(_errno.ENOSYS, "Function not implemented")
 
-    killed: list[int] = []
+    killed: list[list[int]] = []
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(launchers, "launchers", lambda: [os.getppid()])
     monkeypatch.setattr(launchers.os, "pidfd_open", nosys)
-    monkeypatch.setattr(launchers, "_gone", killed.append)
+    monkeypatch.setattr(launchers, "_gone", lambda pids, owned: killed.append(pids))
     launchers.die_with_launchers()
     assert killed == []
+
+
+def test_a_killed_launcher_s_extraction_dir_is_the_one_removed() -> None:
+    """Each launcher removes one dir after its child exits: the bootloader
+    (the nearest) its _MEI dir, staticx its bundle. A dead launcher's dir is
+    removed by the node instead, and only a dir of that kind."""
+    from doozer.launchers import extraction_dirs
+
+    mei, bundle = "/tmp/x/_MEI123abc", "/tmp/x/staticx-AbCdEf"
+    assert extraction_dirs([11, 10], mei, bundle, 10) == {11: mei, 10: bundle}
+    # staticx not among the launchers (gone before the node looked): key 0
+    assert extraction_dirs([11], mei, bundle, None) == {11: mei, 0: bundle}
+    # a plain one-file build: no bundle; an unfrozen or odd layout: nothing
+    assert extraction_dirs([11], mei, None, None) == {11: mei}
+    assert extraction_dirs([11], "/opt/app/_internal", "/home/u", None) == {}
+    assert extraction_dirs([], mei, None, None) == {}

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from doozer.launchers import _ppid
 from tests.nodeproc import Raw, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,16 +318,54 @@ def test_kill_9_of_the_top_process_stops_the_node(start, tmp_path: Path) -> None
     """kill -9 of the pid a shell or a supervisor knows (the staticx launcher)
     must stop the node as it would a plain process. It once left the Python
     child running, holding the port, so a restart on that port failed."""
-    node = start(env={"TMPDIR": str(tmp_path)})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    node = start(env={"TMPDIR": str(scratch)})
     node.proc.send_signal(signal.SIGKILL)  # the top process only, not the group
     node.proc.wait(timeout=STOP_DEADLINE)
+    _wait_group_gone(node)
+    assert "launcher process" in node.log()
+    with socket.socket() as s:  # the port is free for a restart
+        s.bind(("127.0.0.1", node.port))
+    # and no extraction dir is left behind (13-19 MB each, at every kill)
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
+def test_kill_9_of_the_bootloader_stops_the_node_and_cleans_up(
+    frozen: Frozen, start, tmp_path: Path
+) -> None:
+    if not frozen.static:
+        pytest.skip("a plain one-file binary has no process between its top one and Python")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    node = start(env={"TMPDIR": str(scratch)})
+    middle = [p for p in _group(node.proc.pid) if _ppid(p) == node.proc.pid]
+    assert len(middle) == 1, middle
+    os.kill(middle[0], signal.SIGKILL)
+    _wait_group_gone(node)
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of a process group."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{p}/stat", "rb") as f:
+                    stat = f.read()
+                if int(stat[stat.rindex(b")") + 2 :].split()[2]) == pgid:
+                    out.append(int(p))
+    return out
+
+
+def _wait_group_gone(node: FrozenNode) -> None:
+    if node.proc.poll() is None:
+        node.proc.wait(timeout=STOP_DEADLINE)
     end = time.monotonic() + STOP_DEADLINE
     while node.group_alive() and time.monotonic() < end:
         time.sleep(0.05)
     assert not node.group_alive(), node.log()
-    assert "launcher process" in node.log()
-    with socket.socket() as s:  # the port is free for a restart
-        s.bind(("127.0.0.1", node.port))
 
 
 def test_kill_9_of_the_top_process_stops_a_watch_too(start, binary: Path, tmp_path: Path) -> None:
@@ -343,14 +382,7 @@ def test_kill_9_of_the_top_process_stops_a_watch_too(start, binary: Path, tmp_pa
     try:
 
         def python_up() -> bool:  # the loaders and Python: three in the group
-            pids = [p for p in os.listdir("/proc") if p.isdigit()]
-            n = 0
-            for p in pids:
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    with open(f"/proc/{p}/stat", "rb") as f:
-                        stat = f.read()
-                    n += int(stat[stat.rindex(b")") + 2 :].split()[2]) == watch.pid
-            return n >= 3
+            return len(_group(watch.pid)) >= 3
 
         end = time.monotonic() + START_DEADLINE
         while not python_up():
