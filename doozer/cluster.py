@@ -504,7 +504,14 @@ class ClusterSequencer:
         return {x for x in nodes if x == self.node_id or now - heard.get(x, -math.inf) < window}
 
     def cluster_info(self) -> dict[str, Any]:
-        return {"id": self.cluster_id, "instance": self.applied_instance}
+        # needs_access: whether peers and clients must show a secret. A joiner
+        # given a secret that the cluster lacks passes ACCESS (it succeeds on
+        # a node without one) but would have every peer link refused.
+        return {
+            "id": self.cluster_id,
+            "instance": self.applied_instance,
+            "needs_access": self.secret is not None,
+        }
 
     def peer_status(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -1541,6 +1548,14 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                     return None
             if not info.get("id"):
                 log.error("%s is not running a cluster that can be joined", addr)
+                return None
+            if secret and info.get("needs_access") is False:
+                log.error(
+                    "%s belongs to a cluster without a secret, but this node was given "
+                    "one (--secret-file or $DOOZER_SECRET); its peers would refuse every "
+                    "link from it; refusing to join",
+                    addr,
+                )
                 return None
             return info, snap["snapshot"]
         attempt += 1

@@ -259,16 +259,24 @@ def test_a_write_too_large_to_pass_between_members_is_refused_and_the_log_goes_o
 def test_joining_with_a_wrong_or_no_secret_stops_and_says_why():
     from tests.nodeproc import NodeProc
 
+    def refused(first: NodeProc, env: dict[str, str], said: str) -> None:
+        n = NodeProc("-a", first.addr, env=env)
+        n.start(wait=False)
+        try:
+            assert n.proc is not None
+            assert n.proc.wait(20) == 2  # at once: no retrying for ever
+            assert said in n.log() and "secret" in n.log()
+        finally:
+            n.kill()
+
     with NodeProc(env={"DOOZER_SECRET": "right"}) as first:
         for env in ({"DOOZER_SECRET": "wrong"}, {"DOOZER_SECRET": ""}):
-            n = NodeProc("-a", first.addr, env=env)
-            n.start(wait=False)
-            try:
-                assert n.proc is not None
-                assert n.proc.wait(20) == 2  # at once: no retrying for ever
-                assert "refused us" in n.log() and "secret" in n.log()
-            finally:
-                n.kill()
+            refused(first, env, "refused us")
+    # A secret the cluster does not have: ACCESS passes on a node without
+    # one, and the joiner once "joined", then had every peer link refused
+    # for good.
+    with NodeProc(env={"DOOZER_SECRET": ""}) as first:
+        refused(first, {"DOOZER_SECRET": "extra"}, "without a secret")
 
 
 class Proxy:
