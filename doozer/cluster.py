@@ -1106,6 +1106,18 @@ class ClusterSequencer:
             self._cal_dirty = True
         elif ev.path.startswith("/ctl/node/"):
             self._nodes_dirty = True
+            if ev.value is None and ev.path.endswith("/addr"):
+                self._forget_hello(ev.path[len("/ctl/node/") : -len("/addr")])
+
+    def _forget_hello(self, nid: str) -> None:
+        """A node's entries are gone: stop dialing it at the address its hello
+        gave, unless it is still linked to us (a member paused past the
+        timeout must go on hearing decisions, or it never learns that it was
+        removed). That address may serve another node by now, one restarted
+        there on a wiped disk with a new id. A node that says hello again is
+        dialed again."""
+        if self.hub is None or not self.hub.has_inbound(nid):
+            self._hello_addrs.pop(nid, None)
 
     def _refresh_members(self) -> None:
         assert self.node is not None

@@ -9,7 +9,8 @@ others; when a queue is over budget, the oldest messages are dropped
 (consensus tolerates loss and prefers fresh messages).
 
 Handshake: the dialer writes a hello line
-    {"peer":1,"proto":1,"cluster":NAME,"cluster_id":ID,"node":ID,"addr":ADDR,"secret":S}
+    {"peer":1,"proto":1,"cluster":NAME,"cluster_id":ID,"node":ID,"addr":ADDR,"secret":S,
+     "to":PEER_ID}
 and the acceptor answers one line: either
     {"peer":1,"proto":1,"cluster_id":ID,"node":ITS_ID}
 or {"err_code":"PERMISSION","err_detail":...} followed by a close. The node
@@ -162,7 +163,7 @@ class _Dialer(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         _tune_socket(transport, self.hub._user_timeout)
         transport.set_write_buffer_limits(high=_HIGH_WATER)
-        transport.write(self.hub._hello)
+        transport.write(self.hub._hello_to(self.link.peer_id))
 
     def data_received(self, data: bytes) -> None:
         if self.handshake.done():
@@ -329,17 +330,15 @@ class PeerHub:
         self._last_line = b""
         self._closed = False
         self._tasks_closing: list[asyncio.Task[None]] = []  # cancelled, maybe not yet done
-        self._hello = self._line(
-            {
-                "peer": 1,
-                "proto": PROTO,
-                "cluster": cluster_name,
-                "cluster_id": cluster_id,
-                "node": node_id,
-                "addr": addr,
-                "secret": secret,
-            }
-        )
+        self._hello = {
+            "peer": 1,
+            "proto": PROTO,
+            "cluster": cluster_name,
+            "cluster_id": cluster_id,
+            "node": node_id,
+            "addr": addr,
+            "secret": secret,
+        }
         self._answer = self._line(
             {"peer": 1, "proto": PROTO, "cluster_id": cluster_id, "node": node_id}
         )
@@ -492,6 +491,12 @@ class PeerHub:
         self._tasks_closing.clear()
 
     # -- outbound ------------------------------------------------------------
+
+    def _hello_to(self, peer_id: str) -> bytes:
+        # "to": the node we mean to reach. An address can serve another node
+        # by now; without it that node took our hello for a new link of ours
+        # and closed the live one (each redial of a stale id cut a good link).
+        return self._line({**self._hello, "to": peer_id})
 
     @staticmethod
     def _line(msg: dict[str, Any]) -> bytes:
@@ -701,6 +706,10 @@ class PeerHub:
             return (BAD_REQUEST, "hello without a valid node id")
         if node == self.node_id:
             return (PERMISSION, f"node id {node!r} is this node's own id")
+        to = hello.get("to")
+        if to is not None and to != self.node_id:
+            # before our link from `node` is replaced: that one may be live
+            return (PERMISSION, f"this is node {self.node_id!r}, not {str(to)[:_MAX_NODE_ID]!r}")
         return None
 
     def _log_refusal(self, hello: Any, transport: asyncio.BaseTransport, detail: str) -> None:

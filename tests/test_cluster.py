@@ -149,6 +149,38 @@ def test_paused_member_does_not_stop_the_cluster_and_catches_up():
         assert call(victim.addr, {"verb": "GET", "path": "/p/19"})["value"] == "x"
 
 
+def test_a_member_paused_past_the_timeout_learns_it_was_removed_and_serves_again():
+    """Paused past --timeout: its slot is emptied and its /ctl/node entries
+    removed. Back, it must still hear decisions (from peers it is linked to),
+    learn that, put its entries back and serve linearizable reads."""
+    with Cluster(3, "--election-timeout", "0.5", "--timeout", "2") as c:
+        victim = next(n for n in c.nodes if n is not c.leader())
+        vid = call(victim.addr, {"verb": "SELF"})["value"]
+        others = [n for n in c.nodes if n is not victim]
+
+        def listed() -> bool:
+            files = call(others[0].addr, {"verb": "WALK", "path": "/ctl/**"})["files"]
+            return any(vid in f["path"] or f["value"] == vid for f in files)
+
+        victim.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not listed(), 30, "the paused member removed")
+            assert "rev" in write(others[0].addr, "/while-paused", "x")
+        finally:
+            victim.signal(signal.SIGCONT)
+        wait_for(listed, 30, "its entries back")
+        r = wait_for(
+            lambda: (
+                (x := call(victim.addr, {"verb": "GET", "path": "/while-paused"}))
+                and "value" in x
+                and x
+            ),
+            30,
+            "a linearizable read on it",
+        )
+        assert r["value"] == "x"
+
+
 def test_no_quorum_answers_unavailable_then_recovers():
     with Cluster(3) as c:
         a = c.nodes[0]
@@ -378,3 +410,48 @@ def test_a_node_joining_through_a_silent_peer_stops_on_sigterm_and_sigint():
             assert "stopped by a signal while starting" in n.log()
         finally:
             n.kill()
+
+
+def test_a_node_back_at_its_address_with_a_new_id_is_not_cut_off_by_the_old_one():
+    """A member restarted on a wiped disk at its old address has a new id.
+    Nodes that had the old id's address from its hello dialed it there for
+    good, and each dial took the new node's link from them for a new one
+    and closed the live one: the leader's link to it went down every ~2 s.
+    Once the old id is removed, nobody dials it any more."""
+    from tests.nodeproc import NodeProc
+
+    flags = ("--election-timeout", "0.5", "--timeout", "2")
+    nodes: list[NodeProc] = []
+    try:
+        a = NodeProc(*flags, "--cals=3").start()
+        nodes.append(a)
+        for _ in range(2):
+            nodes.append(NodeProc(*flags, "-a", a.addr).start())
+        c = Cluster(3)
+        c.nodes = list(nodes)
+        c.wait_members(3)
+        old = nodes[2]
+        old_id = call(old.addr, {"verb": "SELF"})["value"]
+        old.kill()
+        new = NodeProc(*flags, "-a", a.addr, port=old.port).start()  # --mem: a new id
+        nodes.append(new)
+        new_id = wait_for(lambda: call(new.addr, {"verb": "SELF"})["value"], 20, "the new node")
+        assert new_id != old_id
+
+        def old_gone() -> bool:
+            files = call(a.addr, {"verb": "WALK", "path": "/ctl/**"})["files"]
+            return not any(old_id in f["path"] or f["value"] == old_id for f in files)
+
+        wait_for(old_gone, 30, "the old id removed from /ctl")
+        for n in nodes[:2]:  # neither dials the old id any more
+            wait_for(lambda n=n: f"peer {old_id} at {old.addr} removed" in n.log(), 10, "unlinked")
+        # and the links to the new node stay up
+        down = f"peer {new_id} down"
+        before = [n.log().count(down) for n in nodes[:2]]
+        end = time.monotonic() + 4  # two redial periods (2 s) of writes through a
+        while time.monotonic() < end:
+            assert "rev" in write(a.addr, "/k", "x")
+        assert [n.log().count(down) for n in nodes[:2]] == before
+    finally:
+        for n in nodes:
+            n.stop(5)

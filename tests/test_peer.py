@@ -252,6 +252,7 @@ async def raw_hello(addr: str, hello: dict[str, Any]) -> tuple[dict[str, Any], b
         ({"proto": 2}, "PERMISSION"),
         ({"proto": _DELETE}, "PERMISSION"),
         ({"node": "B"}, "PERMISSION"),  # the receiver's own id
+        ({"to": "D"}, "PERMISSION"),  # meant for another node
         ({"node": _DELETE}, "BAD_REQUEST"),
         ({"node": ""}, "BAD_REQUEST"),
     ],
@@ -271,6 +272,29 @@ def test_bad_hello_is_refused_with_an_error_line_and_closed(
             assert b.hub is not None
             assert set(b.hub.stats()) == {""}  # nothing known about the dialer
             assert len([x for x in b.logs if "refused" in x]) == 1
+        finally:
+            await b.stop()
+
+    run(main())
+
+
+def test_a_hello_meant_for_another_node_leaves_the_live_link_alone() -> None:
+    """A node wiped and restarted at its old address comes back with a new id.
+    Peers that still dialed the old id there used to have their hello taken
+    as a fresh link of theirs, which closed their live one: the leader's link
+    to that member went down every redial (every ~2 s, for good)."""
+
+    async def main() -> None:
+        b = await Node("B").start()
+        try:
+            answer, _r, w = await raw_hello(b.addr, _hello(to="B"))
+            assert answer["node"] == "B"
+            stale, _r2, w2 = await raw_hello(b.addr, _hello(to="old-id"))
+            assert stale["err_code"] == "PERMISSION" and "old-id" in stale["err_detail"]
+            w2.close()
+            w.write(b'{"still":1}\n')
+            await until(lambda: b.inbox == [("R", {"still": 1})], "the live link still carries")
+            w.close()
         finally:
             await b.stop()
 
@@ -333,12 +357,18 @@ def test_address_of_another_node_is_not_taken_for_the_peer() -> None:
         b = await Node("B").start()
         try:
             assert a.hub is not None
-            a.hub.set_peers({"Z": b.addr})  # stale address book: B lives there now
+            # a stale address book: B lives where Z was (Z wiped and back as B)
+            a.hub.set_peers({"Z": b.addr, "B": b.addr})
+            await until(lambda: a.hub.is_up("B"), "the link to B")
             a.hub.send("Z", {"hi": 1})
-            await until(lambda: a.stats("Z")["attempts"] >= 2, "retries")
-            assert "the node there is 'B', not 'Z'" in a.stats("Z")["last_error"]
+            await until(lambda: a.stats("Z")["attempts"] >= 3, "retries")
+            assert "this is node 'B', not 'Z'" in a.stats("Z")["last_error"]
             assert not a.hub.is_up("Z")
             assert b.got("A") == []  # the hello went through, the message did not
+            # and the dials meant for Z never cut the live link to B
+            assert a.stats("B")["connects"] == 1
+            a.hub.send("B", {"hi": 2})
+            await until(lambda: b.got("A") == [{"hi": 2}], "B still reached")
         finally:
             await a.stop()
             await b.stop()
