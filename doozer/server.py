@@ -7,7 +7,8 @@ soon as it is ready, tagged, so responses may come out of order. Memory per
 connection is bounded three ways: a partial line is capped at `max_line`, at
 most `MAX_INFLIGHT` requests are outstanding before reading pauses, and a
 client that stops reading stops being read from (and a watcher whose output
-backs up is cut off with TOO_LATE rather than buffered forever).
+backs up is cut off with TOO_LATE rather than buffered forever). Partial lines
+are bounded across connections too: see `Connection._line_cap`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ HARD_BACKLOG = 64 << 20  # a connection whose output backs up this far is droppe
 STUCK_BACKLOG = 4 << 20  # a connection with this much unread output ...
 STUCK_GRACE = 30.0  # ... that reads none of it for this long (s) is dropped
 OUTPUT_BUDGET = 256 << 20  # unread output of all clients that holds big answers back
+INPUT_BUDGET = 256 << 20  # unfinished request lines of all clients, past which ...
+SMALL_LINE = 64 << 10  # ... a partial line may hold only this much (and before ACCESS)
 LINGER = 0.5  # s a shutting-down node waits for clients to close after its FIN
 FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
 FD_WARN_EVERY = 60.0  # s
@@ -152,6 +155,11 @@ class Connection(asyncio.Protocol):
         self.gone: asyncio.Future[None] | None = None  # set when the connection is lost
         self.stuck_since: float | None = None  # unread output, no progress since (Server)
         self.stuck_low = 0
+        self.held = 0  # bytes of an unfinished request line buffered (in server.input_held)
+        self.held_seen = 0  # as the reader sweep last saw it, and since when
+        self.held_seen_at = 0.0
+        self._cap_why = ""  # why the line cap is below max_line, for TOO_LARGE
+        self.buf.max_line = self._line_cap()
 
     # -- transport events -------------------------------------------------
 
@@ -172,6 +180,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._hold(0)
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
         self.server.connections.discard(self)
@@ -212,15 +221,45 @@ class Connection(asyncio.Protocol):
             if nl >= 0 and self._maybe_peer(data[:nl], data[nl + 1 :]):
                 return
         self._in_data = True
+        buf = self.buf
+        server = self.server
+        if server.input_held - self.held > INPUT_BUDGET or buf.max_line != server.max_line:
+            buf.max_line = self._line_cap()
         try:
-            for line in self.buf.feed(data):
+            for line in buf.feed(data):
                 if self.closed:
                     return
                 self.first = False
                 self._line(line)
         finally:
             self._in_data = False
+            if buf.pending() != self.held:
+                self._hold(buf.pending())
             self._flush()
+
+    def _line_cap(self) -> int:
+        """The longest line this connection may send now. Lines are buffered
+        until their newline, and a node with a thousand clients each halfway
+        through a 4 MiB line would hold 4 GB: so a client may send a long line
+        only once it has passed ACCESS (if the node has a secret) and while
+        all clients together hold under INPUT_BUDGET of unfinished lines.
+        Otherwise SMALL_LINE, plenty for any request but a big value."""
+        server = self.server
+        if not self.authed:
+            self._cap_why = " before ACCESS"
+        elif server.input_held - self.held > INPUT_BUDGET:
+            self._cap_why = (
+                f" while the node holds {INPUT_BUDGET >> 20} MiB of unfinished request lines"
+                " (send it again later)"
+            )
+        else:
+            self._cap_why = ""
+            return server.max_line
+        return min(SMALL_LINE, server.max_line)
+
+    def _hold(self, n: int) -> None:
+        self.server.input_held += n - self.held
+        self.held = n
 
     # -- requests ---------------------------------------------------------
 
@@ -245,9 +284,10 @@ class Connection(asyncio.Protocol):
         if line is None:
             self.write(
                 protocol.error_line(
-                    errors.TOO_LARGE, f"line over the {self.server.max_line}-byte limit"
+                    errors.TOO_LARGE, f"line over the {self.buf.max_line}-byte limit{self._cap_why}"
                 )
             )
+            self.buf.max_line = self._line_cap()  # the next line's
             return
         if not line.strip():
             return  # blank lines are harmless (netcat users press enter)
@@ -309,6 +349,7 @@ class Connection(asyncio.Protocol):
         resp: dict = {"tag": req.tag} if req.has_tag else {}
         if secret is None or hmac.compare_digest(given, secret):
             self.authed = True
+            self.buf.max_line = self._line_cap()  # a long line may follow in this chunk
             self.write(protocol.line(resp))
         else:
             self.write(protocol.error_line(errors.PERMISSION, "wrong secret", req.tag, req.has_tag))
@@ -435,6 +476,7 @@ class Server:
         self._fd_warn_at = _fd_limit() - FD_MARGIN
         self._fd_warned = -FD_WARN_EVERY
         self._reader_sweep: asyncio.TimerHandle | None = None
+        self.input_held = 0  # bytes of unfinished request lines, all connections
         node.hold_big_answers_while(self.output_backed_up)
 
     def output_backed_up(self) -> bool:
@@ -451,6 +493,7 @@ class Server:
         self._reader_sweep = loop.call_later(1.0, self._sweep_readers)
         now = loop.time()
         for conn in list(self.connections):
+            self._sweep_input(conn, now)
             backlog = conn.backlog()
             if backlog < STUCK_BACKLOG:
                 conn.stuck_since = None
@@ -465,6 +508,25 @@ class Server:
                 )
                 conn.closed = True
                 conn.transport.abort()
+
+    def _sweep_input(self, conn: Connection, now: float) -> None:
+        """Drop a connection whose unfinished line of SMALL_LINE or more has
+        not grown for STUCK_GRACE seconds: it holds memory (and a share of
+        INPUT_BUDGET) for a request that is not coming."""
+        held = conn.held
+        if held < SMALL_LINE:
+            conn.held_seen = 0
+        elif held != conn.held_seen:
+            conn.held_seen, conn.held_seen_at = held, now
+        elif now - conn.held_seen_at > STUCK_GRACE and conn.transport is not None:
+            log.warning(
+                "client %s dropped: a request line unfinished at %d bytes for %.0fs",
+                conn.peer,
+                held,
+                STUCK_GRACE,
+            )
+            conn.closed = True
+            conn.transport.abort()
 
     def check_fd(self, fd: int) -> None:
         # descriptors are handed out lowest first: a high one means few are left
