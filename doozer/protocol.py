@@ -21,6 +21,9 @@ from doozer.paths import compile_glob, path_too_big, shown, valid_path
 
 MAX_LINE = 4 << 20
 MAX_VALUE = 1 << 20
+# A tag lives as long as its request: a WAIT may wait for ever, 4096 to a
+# connection. Unbounded, 300 WAITs with 1 MB tags held 300 MB of a node.
+MAX_TAG = 4096
 
 # Verbs and the fields they require. Extra verbs beyond the spec are documented
 # in docs/protocol.md.
@@ -158,6 +161,8 @@ def parse(line: bytes, max_value: int = MAX_VALUE) -> Request:
         tag = obj["tag"]
         if not _is_tag(tag):
             raise ProtocolError(errors.BAD_REQUEST, "tag must be an integer or a string")
+        if type(tag) is str and len(tag) > MAX_TAG:
+            raise ProtocolError(errors.BAD_REQUEST, f"tag longer than {MAX_TAG} characters")
         req.tag = tag
         req.has_tag = True
     try:
@@ -194,8 +199,11 @@ def _fill(req: Request, obj: dict, max_value: int) -> None:
         req.timeout = float(timeout)
     if "other_tag" in obj:
         ot = obj["other_tag"]
-        if not _is_tag(ot):
-            raise ProtocolError(errors.BAD_REQUEST, "other_tag must be an integer or a string")
+        if not _is_tag(ot) or (type(ot) is str and len(ot) > MAX_TAG):
+            raise ProtocolError(
+                errors.BAD_REQUEST,
+                f"other_tag must be an integer or a string of at most {MAX_TAG} characters",
+            )
         req.other_tag = ot
         req.has_other_tag = True
     value = obj.get("value")

@@ -107,6 +107,20 @@ def test_paths_too_long_or_too_deep_are_refused_with_a_short_detail():
     assert s.apply(Mutation(SET, ok_deep + "/a", -1, b"v")).err is None  # decided earlier
 
 
+def test_tags_are_bounded_and_an_overlong_one_is_not_echoed():
+    """A tag is held as long as its request (a WAIT may wait for ever, 4096 to
+    a connection): 300 WAITs with 1 MB tags held 300 MB of a node."""
+    from doozer.protocol import MAX_TAG
+
+    ok = "t" * MAX_TAG
+    assert parse(orjson.dumps({"verb": "REV", "tag": ok})).tag == ok
+    e = err(orjson.dumps({"verb": "REV", "tag": ok + "t"}))
+    assert e.code == errors.BAD_REQUEST and "tag longer" in e.detail
+    assert not getattr(e, "has_tag", False)  # the answer carries no 4 KB echo
+    e = err(orjson.dumps({"verb": "CANCEL", "other_tag": ok + "t"}))
+    assert e.code == errors.BAD_REQUEST
+
+
 def test_error_keeps_a_valid_tag():
     e = err(b'{"tag":"t","verb":"GET","path":7}')
     assert e.tag == "t" and e.has_tag
