@@ -1545,7 +1545,14 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                 continue
             except (OSError, ValueError, TimeoutError) as e:
                 if attempt == 0 or attempt % 10 == 0:
-                    log.warning("cannot join through %s: %s; retrying", addr, e or type(e).__name__)
+                    # A joining node listens only once joined: nodes all started
+                    # with -a at each other wait on each other for ever.
+                    log.warning(
+                        "cannot join through %s: %s; retrying (a new cluster's first node "
+                        "is started without -a)",
+                        addr,
+                        e or type(e).__name__,
+                    )
                 continue
             if info["name"] != args.cluster:
                 if not getattr(args, "cluster_explicit", True):
