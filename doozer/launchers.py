@@ -11,6 +11,11 @@ first was killed; the node then dies as abruptly (no handover, no
 clean-up: what a kill -9 means). Only what the dead launcher would have
 removed is removed first: its extraction dir (13-19 MB in $TMPDIR, left
 behind at every such kill otherwise).
+
+A kill of the whole process group at once (`kill -9 -PGID`, a cgroup kill)
+leaves nobody to remove those dirs. So each process marks its own dirs with
+its pid and start time (OWNER), and at start removes the marked dirs of
+processes that are gone.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import os
 import select
 import shutil
 import signal
+import stat
 import sys
 import threading
+from collections.abc import Iterable
 
 log = logging.getLogger("doozer")
 
 _MAX_CHAIN = 4  # staticx, bootloader; a little room for other wrappers
+OWNER = ".doozer-owner"  # in an extraction dir: "PID STARTTIME" of the process using it
 
 
 def _cmdline(pid: int) -> list[bytes] | None:
@@ -73,6 +81,7 @@ def die_with_launchers() -> None:
     owned = extraction_dirs(
         chain, getattr(sys, "_MEIPASS", None), os.environ.get("STATICX_BUNDLE_DIR"), staticx
     )
+    claim_and_sweep(owned.values())
     fds: dict[int, int] = {}
     for pid in chain:
         try:
@@ -104,6 +113,55 @@ def extraction_dirs(
     if bundle and os.path.basename(bundle).startswith("staticx-"):
         owned[staticx_pid or 0] = bundle
     return owned
+
+
+def claim_and_sweep(dirs: Iterable[str]) -> None:
+    """Mark our extraction dirs as ours, then remove, beside them, those of
+    earlier doozer processes that are gone. Only dirs of the extraction kinds,
+    of this user, that carry the mark of a process that no longer runs."""
+    mine = [d for d in dirs if d]
+    started = _start_time(os.getpid())
+    if started is None:
+        return  # no /proc to tell the living from the dead
+    me = f"{os.getpid()} {started}"
+    parents = set()
+    for d in mine:
+        try:
+            with open(os.path.join(d, OWNER), "w") as f:
+                f.write(me)
+        except OSError:
+            continue
+        parents.add(os.path.dirname(d))
+    for parent in parents:
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            d = os.path.join(parent, name)
+            if name.startswith(("_MEI", "staticx-")) and d not in mine and _stale(d):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _stale(d: str) -> bool:
+    try:
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        with open(os.path.join(d, OWNER)) as f:
+            pid, start = f.read().split()
+        return _start_time(int(pid)) != start  # gone, or its pid taken by another
+    except (OSError, ValueError):
+        return False  # unmarked (not ours, or not yet marked) or unreadable: leave it
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            st = f.read()
+    except OSError:
+        return None
+    return st[st.rindex(b")") + 2 :].split()[19].decode()  # field 22: start time
 
 
 def _find_runner(chain: list[int], path: str) -> tuple[int | None, bool]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -347,6 +348,48 @@ def test_without_pidfds_a_frozen_process_goes_on(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(launchers, "_gone", lambda pids, owned: killed.append(pids))
     launchers.die_with_launchers()
     assert killed == []
+
+
+def test_extraction_dirs_of_processes_gone_are_swept_and_no_others(tmp_path: Path) -> None:
+    """A kill of the whole group leaves both extraction dirs behind, with
+    nobody to remove them: the next frozen process removes such dirs, and
+    only those (marked with the pid and start time of a process now gone)."""
+    from doozer.launchers import OWNER, _start_time, claim_and_sweep
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    dead_pid = int(done.stdout)
+
+    def made(name: str, owner: str | None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "payload").write_bytes(b"x")
+        if owner is not None:
+            (d / OWNER).write_text(owner)
+        return d
+
+    mine = [made("_MEImine", None), made("staticx-mine", None)]
+    gone = [made("_MEIgone", f"{dead_pid} 1"), made("staticx-gone", f"{dead_pid} 1")]
+    reused = made("_MEIreused", "1 -1")  # pid 1 lives, but started at another time
+    live = made("_MEIlive", f"1 {_start_time(1)}")
+    kept = [
+        live,
+        made("_MEIunmarked", None),  # another app's, or one not yet marked
+        made("_MEIjunk", "not a pid"),
+        made("other", f"{dead_pid} 1"),  # not an extraction dir
+    ]
+    (tmp_path / "_MEIfile").write_text(f"{dead_pid} 1")
+    claim_and_sweep(str(d) for d in mine)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {d.name for d in mine + kept} | {"_MEIfile"}, left
+    assert not reused.exists() and not any(d.exists() for d in gone)
+    me = f"{os.getpid()} {_start_time(os.getpid())}"
+    assert all((d / OWNER).read_text() == me for d in mine)
 
 
 def test_a_killed_launcher_s_extraction_dir_is_the_one_removed() -> None:

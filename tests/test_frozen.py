@@ -331,6 +331,25 @@ def test_kill_9_of_the_top_process_stops_the_node(start, tmp_path: Path) -> None
     assert sorted(p.name for p in scratch.iterdir()) == []
 
 
+def test_dirs_left_by_a_kill_of_the_whole_group_are_removed_at_the_next_start(
+    start, tmp_path: Path
+) -> None:
+    """kill -9 of the process group (what a test harness or a cgroup kill
+    does) leaves nobody to remove the extraction dirs (~32 MB): the next
+    start in the same TMPDIR removes them."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    first = start(env=env)
+    first.kill()  # the whole group
+    left = sorted(p.name for p in scratch.iterdir())
+    assert left, "nothing was extracted?"
+    second = start(env=env)
+    assert not any(n in left for n in (p.name for p in scratch.iterdir()))
+    assert second.terminate(signal.SIGTERM) == 0, second.log()
+    assert sorted(p.name for p in scratch.iterdir()) == []
+
+
 def test_kill_9_of_the_bootloader_stops_the_node_and_cleans_up(
     frozen: Frozen, start, tmp_path: Path
 ) -> None:
