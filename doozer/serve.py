@@ -79,21 +79,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="consensus slots of a new cluster (first node only)",
+        help="consensus slots of a new cluster (first node only; default %(default)s)",
     )
     p.add_argument(
         "--timeout",
         type=float,
         default=60.0,
         metavar="S",
-        help="remove a member not heard from for S seconds",
+        help="remove a member not heard from for S seconds (default %(default)g)",
     )
     p.add_argument(
         "--election-timeout",
         type=float,
         default=1.0,
         metavar="S",
-        help="wait on a silent leader before taking over",
+        help="wait on a silent leader before taking over (default %(default)g)",
     )
     p.add_argument(
         "--all-vote",
@@ -101,22 +101,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="as leader, send every accept to every member (default: to a quorum only,"
         " and to all when a vote is late)",
     )
-    p.add_argument("--hist", type=int, default=2000, metavar="N", help="revisions of history")
+    p.add_argument(
+        "--hist",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="revisions of history (default %(default)s)",
+    )
     p.add_argument(
         "--hist-bytes",
         type=int,
         default=256 << 20,
         metavar="BYTES",
-        help="memory budget for history",
+        help="memory budget for history (default 256 MiB)",
     )
-    p.add_argument("--max-value", type=int, default=protocol.MAX_VALUE, metavar="BYTES")
-    p.add_argument("--max-line", type=int, default=protocol.MAX_LINE, metavar="BYTES")
+    p.add_argument(
+        "--max-value",
+        type=int,
+        default=protocol.MAX_VALUE,
+        metavar="BYTES",
+        help="largest file body (default 1 MiB)",
+    )
+    p.add_argument(
+        "--max-line",
+        type=int,
+        default=protocol.MAX_LINE,
+        metavar="BYTES",
+        help="longest request line (default 4 MiB)",
+    )
     p.add_argument(
         "--request-timeout",
         type=float,
         default=10.0,
         metavar="S",
-        help="default timeout of writes and linearizable reads",
+        help="default timeout of writes and linearizable reads (default %(default)g)",
     )
     p.add_argument(
         "--readonly",
