@@ -42,6 +42,11 @@ INPUT_BUDGET = 256 << 20  # unfinished request lines of all clients, past which 
 SMALL_LINE = 64 << 10  # ... a partial line may hold only this much (and before ACCESS)
 LINGER = 0.5  # s a shutting-down node waits for clients to close after its FIN
 FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
+# TCP keepalive on client connections: a client whose host vanished, or that
+# closed while a WAIT or WATCH of a quiet path was open, is found gone within
+# ~90 s (Go servers, etcd's among them, probe every 15 s).
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}
+TCP_CLOSE = 7  # tcpi_state of a connection reset or timed out
 FD_WARN_EVERY = 60.0  # s
 
 
@@ -55,6 +60,31 @@ def _fd_limit() -> int:
 
 
 PeerAccept = Callable[[asyncio.Transport, dict, bytes], asyncio.Protocol | None]
+
+
+def _keepalive(sock: Any) -> None:
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    opts += [
+        (socket.IPPROTO_TCP, getattr(socket, k), v)
+        for k, v in KEEPALIVE.items()
+        if hasattr(socket, k)
+    ]
+    for level, name, value in opts:
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            pass
+
+
+def _dead(sock: Any) -> bool:
+    """Whether the kernel has given up on this connection (reset, or timed
+    out by keepalive): what the loop would see on its next read or write."""
+    try:
+        if hasattr(socket, "TCP_INFO"):
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_CLOSE
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    except OSError:
+        return True
 
 
 class ClientCall:
@@ -171,6 +201,7 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            _keepalive(sock)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if sock is not None:
@@ -494,6 +525,8 @@ class Server:
         now = loop.time()
         for conn in list(self.connections):
             self._sweep_input(conn, now)
+            if (conn._eof or conn._read_paused) and self._sweep_dead(conn):
+                continue
             backlog = conn.backlog()
             if backlog < STUCK_BACKLOG:
                 conn.stuck_since = None
@@ -508,6 +541,21 @@ class Server:
                 )
                 conn.closed = True
                 conn.transport.abort()
+
+    def _sweep_dead(self, conn: Connection) -> bool:
+        """A connection not being read (the client half-closed, or reading is
+        paused) is not told when the client goes: nothing reads the socket's
+        error. A client that closed while its WAIT or WATCH of a quiet path was
+        open held its descriptor and its waits for good. Keepalive (or an
+        answer written into the closed socket) makes the kernel reset such a
+        connection; drop it here once it has."""
+        t = conn.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None or conn.closed or not _dead(sock):
+            return False
+        conn.closed = True
+        t.abort()  # type: ignore[union-attr]
+        return True
 
     def _sweep_input(self, conn: Connection, now: float) -> None:
         """Drop a connection whose unfinished line of SMALL_LINE or more has

@@ -246,6 +246,52 @@ def test_before_access_a_client_may_send_only_short_lines() -> None:
     assert asked == ["SET"]
 
 
+def test_a_client_gone_while_its_wait_is_open_is_let_go() -> None:
+    """A client that half-closes is no longer read, so when it then goes for
+    good nothing saw the reset: with a WAIT of a quiet path open, the node
+    held its descriptor and its WAIT for ever (200 such clients: 200 fds).
+    The reader sweep now drops it once the kernel has reset the connection,
+    and keepalive makes the kernel find out about clients that went without
+    a word."""
+    import socket
+    import struct
+    from types import SimpleNamespace
+
+    from doozer.server import Server
+
+    async def run() -> tuple[int, int, bool]:
+        asked: list = []
+        node = SimpleNamespace(dispatch=None, hold_big_answers_while=lambda f: None)
+        server = Server(node, dispatch=lambda req, call: asked.append(call))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        c = socket.create_connection((host, port))
+        try:
+            c.sendall(b'{"verb":"WAIT","path":"/quiet"}\n')
+            c.shutdown(socket.SHUT_WR)  # printf ... | nc -N: the WAIT stays
+            end = loop.time() + 10
+            while not (asked and next(iter(server.connections))._eof):
+                assert loop.time() < end, "the WAIT and the EOF never came"
+                await asyncio.sleep(0.01)
+            (conn,) = server.connections
+            sock = conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            server._sweep_readers()
+            still = len(server.connections)  # half-closed, alive: kept
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            c.close()  # a reset: the client is gone
+        end = loop.time() + 10
+        while server.connections and loop.time() < end:
+            server._sweep_readers()
+            await asyncio.sleep(0.05)
+        server.stop_accepting()
+        return keepalive, still, not server.connections
+
+    keepalive, still, dropped = uvloop.run(run())
+    assert keepalive and still == 1 and dropped
+
+
 def test_one_client_failing_to_flush_does_not_silence_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
