@@ -3,6 +3,15 @@
 Pure bookkeeping: events in, callbacks out. Subscriptions with the same glob
 share one compiled matcher and one match per event, so a fan-out of many
 watchers on one glob costs one regex match per event.
+
+An event is matched only against globs that can match it. A glob without
+wildcards is the one path it matches (paths hold no `*` or `?`): a dict
+lookup. Any other glob is filed under its literal directory prefix (what
+precedes the last `/` before its first wildcard), which every path it
+matches starts with; an event looks under each of its ancestor directories.
+Every glob was matched against every event before: with 10,000 clients each
+WAITing on a key of its own, each write cost each node 2.9 ms, and 30,000
+took 22 ms (a node doing nothing else then managed ~45 writes a second).
 """
 
 from __future__ import annotations
@@ -52,10 +61,32 @@ class Subscription:
             self.registry._remove(self)
 
 
+def _wild_dir(glob: str) -> str | None:
+    """The literal directory prefix of a glob with wildcards (None without)."""
+    first = min((i for i in (glob.find("*"), glob.find("?")) if i >= 0), default=-1)
+    if first < 0:
+        return None
+    return glob[: glob.rindex("/", 0, first) + 1]
+
+
+def _dirs(path: str) -> list[str]:
+    """The ancestor directories of a path, as prefixes ending in `/`."""
+    out = ["/"]
+    i = path.find("/", 1)
+    while i > 0:
+        out.append(path[: i + 1])
+        i = path.find("/", i + 1)
+    return out
+
+
 class WatchRegistry:
     def __init__(self) -> None:
-        self._by_glob: dict[str, list[Subscription]] = {}
+        # each glob's subscriptions, in order: a dict as an ordered set, so
+        # that a WAIT firing leaves in O(1) (a list made one event to 30,000
+        # WAITs on one path take 53 ms)
+        self._by_glob: dict[str, dict[Subscription, None]] = {}
         self._matchers: dict[str, Callable[[str], bool]] = {}
+        self._wild: dict[str, dict[str, None]] = {}  # literal dir prefix -> globs
         self.count = 0
 
     def subscribe(
@@ -70,32 +101,50 @@ class WatchRegistry:
         sub = Subscription(self, glob, min_rev, deliver, once, lost)
         subs = self._by_glob.get(glob)
         if subs is None:
-            self._matchers[glob] = compile_glob(glob)
-            subs = self._by_glob[glob] = []
-        subs.append(sub)
+            matcher = compile_glob(glob)  # raises on a bad glob: nothing filed yet
+            subs = self._by_glob[glob] = {}
+            d = _wild_dir(glob)
+            if d is not None:
+                self._matchers[glob] = matcher
+                self._wild.setdefault(d, {})[glob] = None
+        subs[sub] = None
         self.count += 1
         return sub
 
     def _remove(self, sub: Subscription) -> None:
-        subs = self._by_glob.get(sub.glob)
-        if subs is None:
+        glob = sub.glob
+        subs = self._by_glob.get(glob)
+        if subs is None or sub not in subs:
             return
-        try:
-            subs.remove(sub)
-        except ValueError:
-            return
+        del subs[sub]
         self.count -= 1
         if not subs:
-            del self._by_glob[sub.glob]
-            del self._matchers[sub.glob]
+            del self._by_glob[glob]
+            if self._matchers.pop(glob, None) is not None:
+                d = _wild_dir(glob)
+                assert d is not None
+                wild = self._wild[d]
+                del wild[glob]
+                if not wild:
+                    del self._wild[d]
 
     def publish(self, ev: Event) -> None:
-        if not self._by_glob:
+        by_glob = self._by_glob
+        if not by_glob:
             return
+        path = ev.path
+        hits = [path] if path in by_glob else []  # the glob that is this path
+        if self._wild:
+            matchers = self._matchers
+            for d in _dirs(path):
+                globs = self._wild.get(d)
+                if globs:
+                    hits += [g for g in globs if matchers[g](path)]
         body: bytes | None = None
-        for glob, subs in list(self._by_glob.items()):
-            if not self._matchers[glob](ev.path):
-                continue
+        for glob in hits:
+            subs = by_glob.get(glob)
+            if not subs:
+                continue  # emptied by a delivery before it
             if body is None:
                 body = event_body(ev)
             for sub in list(subs):
