@@ -161,7 +161,10 @@ def _start_time(pid: int) -> str | None:
             st = f.read()
     except OSError:
         return None
-    return st[st.rindex(b")") + 2 :].split()[19].decode()  # field 22: start time
+    fields = st[st.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None  # dead, not yet reaped (its parent was killed with it)
+    return fields[19].decode()  # field 22: start time
 
 
 def _find_runner(chain: list[int], path: str) -> tuple[int | None, bool]:

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -373,8 +374,17 @@ def test_extraction_dirs_of_processes_gone_are_swept_and_no_others(tmp_path: Pat
             (d / OWNER).write_text(owner)
         return d
 
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped yet
+    end = time.monotonic() + 30
+    while _state(zombie.pid) != "Z":
+        assert time.monotonic() < end, "the child did not exit"
+        time.sleep(0.01)
     mine = [made("_MEImine", None), made("staticx-mine", None)]
     gone = [made("_MEIgone", f"{dead_pid} 1"), made("staticx-gone", f"{dead_pid} 1")]
+    # killed with its parent, its zombie not yet reaped: /proc still shows it
+    with open(f"/proc/{zombie.pid}/stat", "rb") as f:
+        zstart = f.read().rsplit(b")", 1)[1].split()[19].decode()
+    gone.append(made("_MEIzombie", f"{zombie.pid} {zstart}"))
     reused = made("_MEIreused", "1 -1")  # pid 1 lives, but started at another time
     live = made("_MEIlive", f"1 {_start_time(1)}")
     kept = [
@@ -390,6 +400,12 @@ def test_extraction_dirs_of_processes_gone_are_swept_and_no_others(tmp_path: Pat
     assert not reused.exists() and not any(d.exists() for d in gone)
     me = f"{os.getpid()} {_start_time(os.getpid())}"
     assert all((d / OWNER).read_text() == me for d in mine)
+    zombie.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()
 
 
 def test_a_killed_launcher_s_extraction_dir_is_the_one_removed() -> None:
