@@ -2,7 +2,8 @@
 and SET throughput by cluster size.
 
     python bench/scale.py [--quick] [--files 100000,1000000] [--watchers 1000]
-                          [--members 1,3,5] [-d 5] [--json FILE] [--keep]
+                          [--members 1,3,5] [--waiters 10000] [-d 5]
+                          [--only tree,watch,members,waiters] [--json FILE] [--keep]
 
 1. Tree size. A durable one-member cluster (--cals 1, --hist 2000) is filled
    through its client port with pipelined SETs of distinct files (100-byte
@@ -18,6 +19,10 @@ and SET throughput by cluster size.
 3. Throughput by cluster size: `doozer bench set` (64 clients, one request
    in flight each) against fresh durable clusters of 1, 3 and 5 members,
    clients spread over all members.
+4. Idle waiters: N one-shot WAITs on paths of their own per node (the lock
+   and per-worker-config pattern: 100 connections per node, N/100 WAITs
+   each, on paths no write touches), then `doozer bench set` (16 clients)
+   on a three-member cluster: SET/s and latency with and without them.
 
 Every node runs durably (no --mem) in a work dir on the same disk; every
 process started is stopped at the end.
@@ -388,6 +393,59 @@ def by_members(procs: Procs, workdir: Path, args: argparse.Namespace) -> list[di
     return out
 
 
+def hold_waits(addr: str, n: int, tag: str) -> list[socket.socket]:
+    """100 connections to `addr` holding n one-shot WAITs between them, each
+    on a path of its own that no write touches."""
+    host, port = addr.rsplit(":", 1)
+    socks = []
+    for c in range(100):
+        s = socket.create_connection((host, int(port)), timeout=60)
+        lines = [
+            b'{"tag":%d,"verb":"WAIT","path":"/wait/%s/c%d/k%d"}\n' % (i, tag.encode(), c, i)
+            for i in range(n // 100)
+        ]
+        # WAITs register in request order: once the REV after them is
+        # answered, they are all in place (none of them is ever answered)
+        s.sendall(b"".join(lines) + b'{"tag":"in","verb":"REV"}\n')
+        socks.append(s)
+    for s in socks:
+        got = b""
+        while b'"in"' not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"{addr} closed a waiting connection")
+            got += chunk
+    return socks
+
+
+def waiters(procs: Procs, workdir: Path, args: argparse.Namespace) -> list[dict]:
+    cl = serving_doozer(procs, workdir / "waiters", args.serve_flags.split())
+    addrs = cl.leader_first()
+    out = []
+    held: list[socket.socket] = []
+    try:
+        for n in (0, args.waiters):
+            for i, a in enumerate(addrs if n else ()):
+                held += hold_waits(a, n, f"n{i}")
+            argv = ["set", "-a", ",".join(addrs), "-c", "16", "-p", "1"]
+            argv += ["--procs", str(args.procs), "-d", str(args.duration), "--warmup", "1"]
+            r = run_bench(argv, cl.pids, args.duration)
+            r["waiters_per_node"] = n
+            out.append(r)
+            lat = r["latency_ms"]
+            print(
+                f"  {n:,} WAITs per node: {r['ops_per_s']:,.0f} SET/s, p50 {lat['p50']:.2f} ms,"
+                f" p99 {lat['p99']:.2f} ms, servers {r['server_cores']} cores",
+                flush=True,
+            )
+    finally:
+        for s in held:
+            s.close()
+        for p in cl.nodes:
+            procs.stop(p)
+    return out
+
+
 def format_tables(res: dict[str, Any]) -> str:
     def table(head: list[str], rows: list[list[str]]) -> list[str]:
         w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -466,6 +524,21 @@ def format_tables(res: dict[str, Any]) -> str:
             ["members", "clients", "SET/s", "p50 ms", "p99 ms", "srv cores", "cli", "errors"],
             rows,
         )
+    if res.get("waiters"):
+        out.append("")
+        out.append("SET/s with idle WAITs on paths of their own (three members, 16 clients):")
+        rows = [
+            [
+                f"{r['waiters_per_node']:,}",
+                f"{r['ops_per_s']:,.0f}",
+                f"{r['latency_ms']['p50']:.2f}",
+                f"{r['latency_ms']['p99']:.2f}",
+                f"{r['server_cores']:.2f}",
+                str(r["errors"]),
+            ]
+            for r in res["waiters"]
+        ]
+        out += table(["WAITs/node", "SET/s", "p50 ms", "p99 ms", "srv cores", "errors"], rows)
     return "\n".join(out)
 
 
@@ -486,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill-conns", type=int, default=4)
     ap.add_argument("--fill-depth", type=int, default=256)
     ap.add_argument("--join-deadline", type=float, default=120.0)
-    ap.add_argument("--only", default="tree,watch,members", help="sections to run")
+    ap.add_argument("--waiters", type=int, default=None, help="idle WAITs per node (10000)")
+    ap.add_argument("--only", default="tree,watch,members,waiters", help="sections to run")
     ap.add_argument("--serve-flags", default="", help="extra `doozer serve` flags for every node")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
@@ -496,13 +570,15 @@ def main(argv: list[str] | None = None) -> int:
         args.files = [10_000] if args.quick else [100_000, 1_000_000]
     if args.watchers is None:
         args.watchers = 100 if args.quick else 1000
+    if args.waiters is None:
+        args.waiters = 1000 if args.quick else 10_000
     if args.duration is None:
         args.duration = 2.0 if args.quick else 5.0
     sections = {s.strip() for s in args.only.split(",")}
 
     # Each watcher is a connection on some node and in some generator.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, max(soft, 4 * args.watchers + 1024))
+    want = min(hard, max(soft, 4 * args.watchers + 400 + 1024))  # + the waiters' 300
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="doozer-scale-"))
@@ -522,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         if "members" in sections:
             print("throughput by members:", flush=True)
             res["members"] = by_members(procs, workdir, args)
+        if "waiters" in sections:
+            print("idle waiters:", flush=True)
+            res["waiters"] = waiters(procs, workdir, args)
         print()
         print(format_tables(res))
         if args.json:
