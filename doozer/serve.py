@@ -11,6 +11,8 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from doozer import protocol
 from doozer.mutation import SET, Mutation
@@ -76,21 +78,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mem", action="store_true", help="keep nothing on disk")
     p.add_argument(
         "--cals",
-        type=int,
+        type=_number(int, 1),
         default=3,
         metavar="N",
         help="consensus slots of a new cluster (first node only; default %(default)s)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_number(float, 0.1),
         default=60.0,
         metavar="S",
         help="remove a member not heard from for S seconds (default %(default)g)",
     )
     p.add_argument(
         "--election-timeout",
-        type=float,
+        type=_number(float, 0.05),
         default=1.0,
         metavar="S",
         help="wait on a silent leader before taking over (default %(default)g)",
@@ -103,35 +105,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--hist",
-        type=int,
+        type=_number(int, 1),
         default=2000,
         metavar="N",
         help="revisions of history (default %(default)s)",
     )
     p.add_argument(
         "--hist-bytes",
-        type=int,
+        type=_number(int, 1),
         default=256 << 20,
         metavar="BYTES",
         help="memory budget for history (default 256 MiB)",
     )
     p.add_argument(
         "--max-value",
-        type=int,
+        type=_number(int, 0),
         default=protocol.MAX_VALUE,
         metavar="BYTES",
         help="largest file body (default 1 MiB)",
     )
     p.add_argument(
         "--max-line",
-        type=int,
+        type=_number(int, 4096),
         default=protocol.MAX_LINE,
         metavar="BYTES",
         help="longest request line (default 4 MiB)",
     )
     p.add_argument(
         "--request-timeout",
-        type=float,
+        type=_number(float, 0.001),
         default=10.0,
         metavar="S",
         help="default timeout of writes and linearizable reads (default %(default)g)",
@@ -146,7 +148,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--snap-revs",
-        type=int,
+        type=_number(int, 1),
         default=20_000,
         metavar="N",
         help="snapshot the store every N revs (default %(default)s), once the log"
@@ -154,7 +156,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--snap-bytes",
-        type=int,
+        type=_number(int, 1),
         default=64 << 20,
         metavar="BYTES",
         help="... or every BYTES of log (default 64 MiB)",
@@ -174,6 +176,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     p.set_defaults(func=run)
+
+
+def _number(kind: type, lo: float) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind`, at least `lo` (a 0 or negative
+    timeout, history or slot count made a node that misbehaved quietly, or
+    a traceback)."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not v >= lo:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least {lo:g}")
+        return v
+
+    return parse
 
 
 def _segment_bytes(text: str) -> int:
@@ -233,6 +252,15 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     args.cluster_explicit = args.cluster is not None
     args.cluster = args.cluster or "local"
+    if args.timeout < 2 * args.election_timeout:
+        # members hear from each other every election timeout / 5 at least
+        log.error(
+            "--timeout %g is under twice --election-timeout %g: live members would lose "
+            "their slots over a hiccup",
+            args.timeout,
+            args.election_timeout,
+        )
+        return 2
     try:
         host, port = split_addr(args.listen)
         if args.advertise:

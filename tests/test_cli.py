@@ -259,6 +259,29 @@ def test_serve_refuses_a_max_value_members_cannot_pass_each_other() -> None:
     assert status == 2 and f"the largest value that fits is {most} bytes" in err, err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--timeout", "0"], "--timeout: must be at least"),
+        (["--election-timeout", "0"], "--election-timeout: must be at least"),
+        (["--hist", "0"], "--hist: must be at least 1"),  # was a traceback
+        (["--cals", "0"], "--cals: must be at least 1"),
+        (["--max-line", "10"], "--max-line: must be at least 4096"),
+        (["--request-timeout", "0"], "--request-timeout: must be at least"),
+        (["--snap-revs", "0"], "--snap-revs: must be at least 1"),
+        (["--election-timeout", "nan"], "--election-timeout: must be at least"),
+        (["--timeout", "1.5"], "--timeout 1.5 is under twice --election-timeout 1"),
+    ],
+)
+def test_serve_refuses_numbers_below_their_floor(flags: list[str], said: str) -> None:
+    """Zero or negative timeouts, history and slot counts were taken: a
+    --timeout below the ping interval took live members' slots, and --hist 0
+    ended in a traceback."""
+    argv = ["serve", "-l", "127.0.0.1:0", "-w", "off", "--mem", *flags]
+    status, _, err = subprocess_run(argv, b"", {})
+    assert status == 2 and said in err, err
+
+
 def test_serve_refuses_to_join_itself(tmp_path: Any) -> None:
     """-a with the node's own address would retry for ever: say what is wrong."""
     d = tmp_path / "data"
