@@ -44,14 +44,20 @@ def _cmdline(pid: int) -> list[bytes] | None:
         return None
 
 
-def _ppid(pid: int) -> int:
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (state) on, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+            st = f.read()
     except OSError:
-        return 0
+        return None
     # pid (comm) state ppid ...: comm may hold spaces and parentheses
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return st[st.rindex(b")") + 2 :].split()
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
 
 
 def launchers() -> list[int]:
@@ -156,14 +162,9 @@ def _stale(d: str) -> bool:
 
 
 def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            st = f.read()
-    except OSError:
-        return None
-    fields = st[st.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None  # dead, not yet reaped (its parent was killed with it)
+    fields = _stat(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None  # gone, or dead and not yet reaped (its parent was killed with it)
     return fields[19].decode()  # field 22: start time
 
 
