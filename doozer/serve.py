@@ -423,15 +423,17 @@ async def start_web(args: argparse.Namespace, node: Node, secret: bytes | None):
 _stop: asyncio.Event | None = None
 _main: asyncio.Task | None = None  # the task starting the node, then serving
 _serving = False  # start-up is over: a signal now means a graceful stop
+_exit_code = 0  # what wait_for_signal returns: set by stop()
 
 
 def install_signal_handlers() -> None:
     """SIGTERM/SIGINT ask for a graceful stop. Installed before listening and
     never removed: in the frozen binary a group signal arrives twice (directly
     and forwarded by the bootloaders), and the repeat must not kill us."""
-    global _stop, _main, _serving
+    global _stop, _main, _serving, _exit_code
     loop = asyncio.get_running_loop()
     _stop = asyncio.Event()
+    _exit_code = 0
     _main = asyncio.current_task()
     _serving = False
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -447,6 +449,15 @@ def _on_signal() -> None:
         _main.cancel()
 
 
+def stop(code: int) -> None:
+    """Stop gracefully, as a signal would, and exit with `code`: for a fault
+    the node cannot serve through."""
+    global _exit_code
+    _exit_code = code
+    if _stop is not None:
+        _stop.set()
+
+
 async def wait_for_signal() -> int:
     global _serving
     if _stop is None:
@@ -454,7 +465,7 @@ async def wait_for_signal() -> int:
     assert _stop is not None
     _serving = True
     await _stop.wait()
-    return 0
+    return _exit_code
 
 
 async def shutdown(server: Server, node: Node, web, grace: float = 2.0) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,12 @@ class Host:
         self.suspects: list[str] = []
         self.need_snapshot: str | None = None
         self.up = True
+        # A failing data dir (Net.break_disk): records and what waits on them
+        # (promises, votes, our own vote) stay here until it works again.
+        self.disk_broken = False
+        self.unsynced: list[list] = []
+        self.held_out: list[tuple[str, dict]] = []
+        self.held_loopback: list[dict] = []
 
 
 class Net:
@@ -70,13 +76,20 @@ class Net:
     def drain(self, h: Host) -> None:
         while h.up and h.r.has_ready():
             rd = h.r.ready()
-            for rec in rd.persist:
-                h.disk.apply(orjson.loads(orjson.dumps(rec)))
-            for to, msg in rd.early + rd.messages:
+            if h.disk_broken or h.unsynced:
+                h.unsynced.extend(rd.persist)
+                h.held_out.extend(rd.messages)
+                h.held_loopback.extend(rd.loopback)
+                out, loopback = list(rd.early), []
+            else:
+                for rec in rd.persist:
+                    h.disk.apply(orjson.loads(orjson.dumps(rec)))
+                out, loopback = rd.early + rd.messages, rd.loopback
+            for to, msg in out:
                 self._check_contract(h, msg)
                 self.sent.append((h.id, to, msg))
                 self.queue.append((h.id, to, orjson.dumps(msg)))
-            for msg in rd.loopback:
+            for msg in loopback:
                 self._check_contract(h, msg)
                 h.r.receive(self.t, h.id, msg)
             for i, batch in rd.decided:
@@ -194,6 +207,33 @@ class Net:
 
     def crash(self, nid: str) -> None:
         self.hosts[nid].up = False
+
+    def break_disk(self, nid: str) -> None:
+        """nid's data dir fails every write from now on (a full disk)."""
+        h = self.hosts[nid]
+        h.disk_broken = True
+        h.r.set_can_lead(False)
+        self.drain(h)
+        self.deliver()
+
+    def mend_disk(self, nid: str) -> None:
+        """Space returns: what was pending reaches the disk, in order, and
+        what waited on it goes out."""
+        h = self.hosts[nid]
+        h.disk_broken = False
+        for rec in h.unsynced:
+            h.disk.apply(orjson.loads(orjson.dumps(rec)))
+        out, loopback = h.held_out, h.held_loopback
+        h.unsynced, h.held_out, h.held_loopback = [], [], []
+        for to, msg in out:
+            self._check_contract(h, msg)
+            self.sent.append((h.id, to, msg))
+            self.queue.append((h.id, to, orjson.dumps(msg)))
+        for msg in loopback:
+            h.r.receive(self.t, h.id, msg)
+        h.r.set_can_lead(True)
+        self.drain(h)
+        self.deliver()
 
     def restart(self, nid: str) -> Host:
         old = self.hosts[nid]
@@ -1122,6 +1162,62 @@ def test_transfer_leadership_is_immediate() -> None:
     net.propose(net.hosts[target], "next")
     net.run(0.3)
     assert net.items(ld) == [0, 1, 2, "next"]
+
+
+def test_a_leader_whose_disk_fails_hands_over_and_its_writes_go_on() -> None:
+    """A full disk on the leader: it cannot count its own votes, and while it
+    led, the cluster took no writes although two healthy members could
+    decide them. It hands leadership on at once; writes through any node,
+    itself included (it forwards), are decided by the others."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.propose(ld, "before")
+    net.run(0.3)
+    net.break_disk(ld.id)
+    net.run(0.5, until=lambda: net.leader() not in (None, ld))
+    new = net.leader()
+    assert new is not None and new is not ld
+    assert any("handing leadership" in n for n in ld.r.notes)
+    net.propose(new, "through the new leader")
+    net.propose(ld, "through the broken node")
+    net.run(1.0)
+    for h in net.hosts.values():
+        assert net.items(h) == ["before", "through the new leader", "through the broken node"]
+    # it stays out of the lead for as long as its disk fails
+    net.run(5.0)
+    assert net.leader() is new and ld.r.role != "leader"
+    net.mend_disk(ld.id)
+    assert ld.r.campaign()  # and may lead again once it works
+    net.run(1.0, until=lambda: net.leader() is ld)
+    assert net.leader() is ld
+    net.propose(ld, "after")
+    net.run(1.0)
+    assert net.items(new)[-1] == "after"
+
+
+def test_a_member_whose_disk_fails_does_not_campaign() -> None:
+    """A campaign needs our own durable promise: a member with a failing
+    disk would only hold the election up. It waits; when the leader dies, the
+    two others cannot elect anyone without it, and once its disk works a
+    leader is elected without an operator."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.propose(ld, "x")
+    net.run(0.3)
+    sick, well = [h for h in net.hosts.values() if h is not ld]
+    net.break_disk(sick.id)
+    since = len(net.sent)
+    net.crash(ld.id)
+    net.run(6.0)
+    assert sick.r.role == "follower" and net.leader() is None
+    assert not any(m["t"] in ("v", "p") for src, _, m in net.sent[since:] if src == sick.id)
+    assert any(m["t"] == "p" for src, _, m in net.sent[since:] if src == well.id)
+    net.mend_disk(sick.id)
+    net.run(10.0, until=lambda: net.leader() is not None)
+    assert net.leader() is not None
+    net.propose(net.leader(), "y")
+    net.run(1.0)
+    assert net.items(well) == ["x", "y"]
 
 
 def test_no_quorum_no_progress_and_recovery_without_operator() -> None:

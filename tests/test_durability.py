@@ -34,6 +34,52 @@ def three_durable(tmp_path: Path, *flags: str) -> tuple[str, Callable[[int, bool
     return addr0, start
 
 
+def mount_tmpfs(tmp_path: Path, size: str) -> Path:
+    """A tmpfs of `size` at tmp_path/small (skips the test unless root)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    return mnt
+
+
+def fill_up(mnt: Path) -> Path:
+    """Take every byte the file system at mnt has left; returns the filler."""
+    filler = mnt / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+SMALL_SEGMENTS = ("--segment-bytes", "262144")
+
+
+def three_one_on(first: Path, tmp_path: Path) -> list[NodeProc]:
+    """Three durable members, the first (the leader) with its data dir at `first`."""
+    nodes = [durable_node(first, free_port(), *SMALL_SEGMENTS).start()]
+    try:
+        for i in (1, 2):
+            nodes.append(
+                durable_node(
+                    tmp_path / f"n{i}", free_port(), *SMALL_SEGMENTS, "-a", nodes[0].addr
+                ).start()
+            )
+        wait_three_members(nodes)
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes
+
+
 class Writer:
     """Writes unique files as fast as it can, remembering what was acknowledged."""
 
@@ -475,15 +521,7 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
     import os
     import subprocess
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
-        != 0
-    ):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+    mnt = mount_tmpfs(tmp_path, "4m")
     node = None
     try:
         node = durable_node(mnt / "d", free_port()).start()
@@ -521,6 +559,92 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
     finally:
         if node is not None:
             node.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_leader_with_a_full_disk_hands_over_and_writes_go_on(tmp_path):
+    """The leader's disk fills up. It cannot count its own votes, and while it
+    stayed leader the cluster refused every write for as long as the disk was
+    full, although two healthy members could decide them. It hands
+    leadership on at once, and writes through its own address go on: it
+    forwards them, and they are decided on the others' disks."""
+    import subprocess
+
+    mnt = mount_tmpfs(tmp_path, "4m")
+    nodes = three_one_on(mnt / "d", tmp_path)
+    addr0 = nodes[0].addr
+    try:
+        assert call(addr0, {"verb": "SELF"})["role"] == "leader"
+        assert "rev" in call(addr0, {"verb": "SET", "path": "/keep", "value": "k"})
+        filler = fill_up(mnt)
+        # Appends overwrite the segment's zeros: the disk fails once the log
+        # needs a new segment. Every write is acknowledged, before and after.
+        acked = []
+        failed_at = None
+        with Raw(addr0, timeout=15) as r:
+            for k in range(20_000):
+                a = r.call({"verb": "SET", "path": f"/w/{k}", "value": "v" * 100, "timeout": 5})
+                assert "rev" in a, (k, a)
+                acked.append(a["rev"])
+                if failed_at is None and k % 50 == 0 and "neither leads" in nodes[0].log():
+                    failed_at = k
+                if failed_at is not None and k >= failed_at + 300:
+                    break
+        assert failed_at is not None, "the disk never filled up"
+        assert "handing leadership" in nodes[0].log()
+        assert call(addr0, {"verb": "SELF"})["role"] != "leader"
+        for n in nodes:
+            got = call(n.addr, {"verb": "GET", "path": f"/w/{len(acked) - 1}"})
+            assert got["value"] == "v" * 100 and got["rev"] == acked[-1], got
+        filler.unlink()  # space returns
+        wait_for(lambda: "data dir writable again" in nodes[0].log(), 20, "the disk works")
+        assert "rev" in call(addr0, {"verb": "SET", "path": "/after", "value": "z"})
+        assert call(addr0, {"verb": "GET", "path": "/keep"})["value"] == "k"
+    finally:
+        for n in nodes:
+            n.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_member_whose_disk_stays_full_under_writes_exits_and_resumes_later(tmp_path):
+    """What a member cannot write waits in memory, and the decided values with
+    it: under a steady stream of writes its memory would grow without bound
+    (~10 MB/s under 64 writers here). Past 16 MiB of unwritten log it exits
+    (1), saying why, and the others go on; restarted once there is space, it
+    resumes from its disk and catches up."""
+    import subprocess
+
+    mnt = mount_tmpfs(tmp_path, "64m")
+    nodes = three_one_on(mnt / "d", tmp_path)
+    addr0 = nodes[0].addr
+    try:
+        filler = fill_up(mnt)
+        value = "v" * 20_000
+        proc = nodes[0].proc
+        assert proc is not None
+        last = None
+        with Raw(nodes[1].addr, timeout=15) as r:
+            for k in range(5_000):  # ~16 MiB needs ~850 of them
+                last = r.call({"verb": "SET", "path": f"/big/{k % 50}", "value": value})
+                assert "rev" in last, (k, last)
+                if proc.poll() is not None:
+                    break
+        assert proc.poll() == 1, "the member with the full disk did not exit"
+        assert "MiB of log wait in memory: exiting" in nodes[0].log()
+        with Raw(nodes[2].addr, timeout=15) as r:
+            assert "rev" in r.call({"verb": "SET", "path": "/still", "value": "ok"})
+        filler.unlink()  # room for the log it fetches as it catches up (~20 MB)
+        nodes[0].stop()
+        nodes[0] = durable_node(mnt / "d", nodes[0].port, *SMALL_SEGMENTS).start()
+        wait_for(
+            lambda: call(addr0, {"verb": "GET", "path": "/still", "stale": True})["value"] == "ok",
+            30,
+            "the member resumed and caught up",
+        )
+        assert "resumed from" in nodes[0].log()
+    finally:
+        for n in nodes:
+            n.stop()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 

@@ -76,9 +76,11 @@ _EMPTY = Ready(*cast(Any, ((), (), (), (), (), None, (), (), ())))
 # a quorum whatever our disk holds, and a snapshot notice names a base whose
 # snapshot is on disk already: a member catching up need not wait for our
 # fsyncs. A prepare does wait: its ballot is unique only once our own promise
-# of it is on disk.
+# of it is on disk. A leader's hand-over (timeout-now) only asks a member to
+# campaign: it goes at once, even while our disk fails (set_can_lead).
 _EARLY = frozenset(
     {
+        M.TIMEOUT_NOW,
         M.ACCEPT,
         M.COMMIT,
         M.HEARTBEAT,
@@ -278,6 +280,8 @@ class Replica:
         # Set by the host: someone here watches the store, so the values we
         # miss as a non-voter should come promptly (Config.news_linger).
         self.watched = False
+        # Set by the host: False while its data dir fails (see set_can_lead).
+        self.can_lead = True
         self.orphans: list[Any] = []  # items queued when we lost leadership
         self.fwd_buf: list[Any] = []
         self.fwd_reads: dict[Any, tuple[str, float]] = {}
@@ -358,6 +362,8 @@ class Replica:
                 self._check_thrifty()
             if now >= ld.news_at and self.role == LEADER:
                 self._tell_commit()
+            if not self.can_lead and self.role == LEADER and now >= ld.transfer_until:
+                self._hand_over()
         elif role == CANDIDATE:
             rnd = self.rnd
             assert rnd is not None
@@ -375,7 +381,7 @@ class Replica:
             if now >= self.pv[2]:
                 self._back_off()
         elif now >= self.election_at:
-            if self._eligible():
+            if self._eligible() and (self.can_lead or self._newest() == {self.id}):
                 lead = self.leader
                 if lead not in (None, self.id) and self.last_leader_contact != self._noted_contact:
                     self._noted_contact = self.last_leader_contact  # once per silence
@@ -514,6 +520,30 @@ class Replica:
         self._send(x, {"t": M.TIMEOUT_NOW, "b": rnd.blist})
         ld.transfer_until = self.now + et
         return x
+
+    def set_can_lead(self, ok: bool) -> None:
+        """The host's data dir fails (False) or works again (True). A replica
+        that cannot persist cannot count its own votes, and its prepares
+        wait for an fsync that never succeeds: as leader it would hold the
+        cluster's writes while the other members could take them. So it
+        hands leadership to a live member (again each election timeout until
+        one takes it), and it neither campaigns nor takes a handed-over
+        leadership until its disk works again, unless it is the only member."""
+        if ok == self.can_lead:
+            return
+        self.can_lead = ok
+        if ok:
+            return
+        if self.role == LEADER:
+            self._hand_over()
+        elif self.role in (PRECANDIDATE, CANDIDATE):
+            self._say("data dir failing: giving up this campaign")
+            self._back_off()
+
+    def _hand_over(self) -> None:
+        to = self.transfer_leadership()
+        if to is not None:
+            self._say(f"data dir failing: handing leadership to {to}")
 
     def campaign(self) -> bool:
         """Start phase 1 now, skipping the pre-vote (as a leader transfer does). Safe at
@@ -1671,7 +1701,7 @@ class Replica:
             self._step_down()
 
     def _on_timeout_now(self, x: str, m: dict) -> None:
-        if self.role == LEADER or not self._eligible():
+        if self.role == LEADER or not self._eligible() or not self.can_lead:
             return
         if ballot_of(m["b"]) >= self.leader_ballot:
             self._start_phase1()

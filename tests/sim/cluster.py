@@ -226,6 +226,15 @@ class Cluster:
         if n.paused_until > self.t:  # a stopped process's disk thread is stopped too
             self.at(n.paused_until + self.rng.uniform(0, 0.005), self.disk_synced, nid, gen)
             return
+        r = n.replica
+        if n.disk_full_until > self.t:  # the sync fails: the host says so, and retries
+            if r is not None and r.can_lead:
+                r.set_can_lead(False)
+                n.drain()
+            self.at(self.t + 0.1, self.disk_synced, nid, gen)
+            return
+        if r is not None and not r.can_lead:
+            r.set_can_lead(True)
         n.synced()
 
     def crash(self, n: SimNode, torn: bool = False) -> None:
@@ -357,6 +366,7 @@ class Cluster:
             ("isolate_leader", 1),
             ("pause_leader", 1),
             ("clock", 1),
+            ("diskfull", 2),
             ("duel", 2),
             ("zombie", 1),
             ("bounce", 1),
@@ -434,6 +444,9 @@ class Cluster:
                 n.drain()
             else:
                 done = False
+        elif kind == "diskfull" and up:
+            n = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
+            n.disk_full_until = self.t + rng.uniform(0.2, 4.0) * self.cfg.election_timeout
         elif kind == "torn" and up:
             rng.choice(up).crash_mid_ready = True
         elif kind == "restart" and down:

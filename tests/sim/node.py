@@ -43,6 +43,9 @@ class SimNode:
         self.up = False
         self.gen = 0
         self.paused_until = 0.0
+        # A full disk: syncs fail until then (retried every 0.1 s, as the host
+        # does), and the replica is told it cannot lead meanwhile.
+        self.disk_full_until = 0.0
         self.replica: Replica | None = None
         self.sm: StateMachine | None = None
         self.applied = 0
