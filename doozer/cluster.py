@@ -76,6 +76,11 @@ DISK_PENDING_MAX = 16 << 20
 # try rewrites what is pending, and a full disk is not freed in 0.1 s.
 DISK_RETRY_MIN = 0.1
 DISK_RETRY_MAX = 1.0
+# A log sync this slow is logged (as etcd warns of a slow fdatasync), at most
+# once per SLOW_SYNC_LOG_EVERY: a leader's slow disk costs no write (the
+# members outvote it), so nothing else would tell the operator.
+SLOW_SYNC = 1.0
+SLOW_SYNC_LOG_EVERY = 60.0
 
 
 class LogMark:
@@ -105,6 +110,9 @@ class DiskThread:
         self._closed = False
         self._busy = False  # a job (or an inline sync) is touching the data dir
         self.sync_avg = 0.0  # smoothed seconds per append + fsync, either thread
+        self._slow_n = 0  # syncs over SLOW_SYNC since the last warning
+        self._slow_max = 0.0
+        self._slow_said = -math.inf
         self._thread = threading.Thread(target=self._run, name="doozer-disk", daemon=True)
         self._thread.start()
 
@@ -227,9 +235,27 @@ class DiskThread:
             dd.append(records)
         if dd.pending_bytes():
             dd.sync()
+            took = time.monotonic() - t
             # The average forgets within ~10 syncs, so a disk that recovers
             # goes back inline soon (the thread measures it meanwhile).
-            self.sync_avg += (time.monotonic() - t - self.sync_avg) * 0.1
+            self.sync_avg += (took - self.sync_avg) * 0.1
+            if took > SLOW_SYNC:
+                self._slow(took, t + took)
+
+    def _slow(self, took: float, now: float) -> None:
+        self._slow_n += 1
+        self._slow_max = max(self._slow_max, took)
+        if now - self._slow_said < SLOW_SYNC_LOG_EVERY:
+            return
+        log.warning(
+            "slow disk: %d log sync(s) took over %.0f s since the last warning, the slowest %.1f s",
+            self._slow_n,
+            SLOW_SYNC,
+            self._slow_max,
+        )
+        self._slow_n = 0
+        self._slow_max = 0.0
+        self._slow_said = now
 
     def _post(self, dones: list[Callable[[str | None], None]], err: str | None) -> None:
         def fire() -> None:

@@ -89,6 +89,45 @@ def test_a_fast_disk_is_synced_on_the_callers_thread(tmp_path: Path, fos: Faulty
     assert reread(tmp_path / "d") == [rec(i) for i in range(5)]
 
 
+def test_very_slow_syncs_are_logged_once_a_minute(
+    tmp_path: Path, fos: FaultyOS, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader's slow disk costs no write (the members outvote it), so only
+    the log tells the operator: a sync over SLOW_SYNC warns, then at most
+    once per SLOW_SYNC_LOG_EVERY with the count and the slowest."""
+    import doozer.cluster as cluster
+
+    monkeypatch.setattr(cluster, "SLOW_SYNC", 0.02)
+    clock = [1000.0]
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: clock[0])
+    real_fdatasync = fos.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        clock[0] += 0.05  # each sync takes 50 ms by the clock the thread reads
+
+    monkeypatch.setattr(fos, "fdatasync", slow_fdatasync, raising=False)
+
+    async def main() -> None:
+        dd = open_dir(tmp_path / "d")
+        disk = DiskThread(dd, asyncio.get_running_loop())
+        try:
+            with caplog.at_level(logging.WARNING, logger="doozer"):
+                assert await submit(disk, [rec(0)]) is None
+                assert await submit(disk, [rec(1)]) is None
+                clock[0] += cluster.SLOW_SYNC_LOG_EVERY
+                assert await submit(disk, [rec(2)]) is None
+        finally:
+            disk.close()
+            dd.close()
+
+    asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "slow disk" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith("slow disk: 1 log sync(s)")
+    assert said[1].startswith("slow disk: 2 log sync(s)")
+
+
 def test_a_slow_disk_goes_to_the_thread_and_the_loop_keeps_running(
     tmp_path: Path, fos: FaultyOS
 ) -> None:
