@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests.jepsen import checks
+from tests.jepsen import checks, disks
 from tests.jepsen.nemesis import ALL, SOLO, Event, Timing, plan
 from tests.jepsen.network import netns_usable
 from tests.jepsen.workload import FAIL, INFO, OK, Rec, classify
@@ -160,7 +160,7 @@ NEMESES = (
     "partition-oneway,flaky,membership,restart-all"
     if NETNS
     else "kill,kill-leader,pause,partition-oneway,delay,membership,restart-all"
-)
+) + (",disk-full" if disks.why_not() is None else "")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.jepsen.conn import try_request
+from tests.jepsen.disks import LoopDisk
 from tests.jepsen.network import Network
 from tests.jepsen.nodes import Node
 
@@ -36,6 +37,7 @@ class Cluster:
             common.append("--mem")
         common += extra
         self.nodes: list[Node] = []
+        self.disks: dict[int, LoopDisk] = {}  # node idx -> its data dir's file system
         self.names: dict[str, str] = {}  # node id -> n<i>, learned from SELF
         self.nudges = 0  # writes made only to move an idle log along (see _formed)
         for i in range(members + spares):
@@ -206,6 +208,16 @@ class Cluster:
             await asyncio.sleep(0.1)
         raise ClusterError(f"{node.name} never served a linearizable read: {last}")
 
+    def mount_disks(self) -> None:
+        """Each node's data dir on a small file system of its own (for the
+        disk-full nemesis), before any node starts."""
+        for n in self.nodes:
+            disk = LoopDisk(n.datadir, n.dir / "data.img")
+            self.disks[n.idx] = disk
+            disk.setup()
+
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+        for disk in self.disks.values():
+            disk.teardown()

@@ -19,7 +19,8 @@ from tests.jepsen.conn import try_request
 from tests.jepsen.network import Network
 from tests.jepsen.nodes import Node
 
-PROCESS = ("kill", "kill-leader", "pause")
+# faults of one node (combined with network faults, never with each other)
+PROCESS = ("kill", "kill-leader", "pause", "disk-full")
 NETWORK = (
     "partition-one",
     "partition-half",
@@ -41,19 +42,26 @@ NEEDS = {
 }
 
 
-def available(net: Network) -> list[str]:
-    return [n for n in ALL if n not in NEEDS or NEEDS[n] in net.can]
+def available(net: Network, disks: bool = True) -> list[str]:
+    """The nemeses this run can play; `disks`: data dirs can be loop-mounted
+    (see disks.why_not; not with --mem)."""
+    return [
+        n for n in ALL if (n not in NEEDS or NEEDS[n] in net.can) and (n != "disk-full" or disks)
+    ]
 
 
-def parse(spec: str, net: Network) -> list[str]:
-    """'all', or a comma-separated list of names (errors on one the network cannot do)."""
-    can = available(net)
+def parse(spec: str, net: Network, disks: str | None = None) -> list[str]:
+    """'all', or a comma-separated list of names (errors on one the network
+    cannot do). `disks`: why data dirs cannot be loop-mounted, if so."""
+    can = available(net, disks is None)
     if spec == "all":
         return can
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in ALL:
             raise ValueError(f"unknown nemesis {n!r}; known: {', '.join(ALL)}")
+        if n == "disk-full" and disks is not None:
+            raise ValueError(f"nemesis disk-full: {disks}")
         if n not in can:
             raise ValueError(f"nemesis {n!r} needs the netns network (root, ip, nft)")
     return names
@@ -256,6 +264,8 @@ class Nemesis:
                     node.start()
 
             return _Fault(ev, {node.idx}, restart)
+        if name == "disk-full":
+            return await self._disk_full(rng)
         if name in NETWORK:
             return await self._network(name, rng)
         if name == "membership":
@@ -271,6 +281,32 @@ class Nemesis:
             ev.heal = self.now()
             return None
         raise ValueError(name)
+
+    async def _disk_full(self, rng: random.Random) -> _Fault | None:
+        """Fill one node's data dir (the leader half the time): it must stop
+        leading and voting, and the others go on without it."""
+        disks = self.cluster.disks
+        node = await self._pick(rng, 0.5, [n for n in self.cluster.started() if n.idx in disks])
+        if node is None:
+            return None
+        disk = disks[node.idx]
+        lead = await self.cluster.leader()
+        tag = " (the leader)" if lead is not None and lead.idx == node.idx else ""
+        try:
+            taken = await asyncio.to_thread(disk.fill)
+        except OSError as e:
+            ev = self._record("disk-full", f"fill {node.name}'s data dir")
+            ev.failed = repr(e)
+            ev.heal = ev.start
+            await asyncio.to_thread(disk.free)
+            return None
+        detail = f"{node.name}'s data dir full{tag} ({taken >> 20} MiB taken)"
+        ev = self._record("disk-full", detail)
+
+        async def heal() -> None:
+            await asyncio.to_thread(disk.free)
+
+        return _Fault(ev, {node.idx}, heal)
 
     async def _network(self, name: str, rng: random.Random) -> _Fault | None:
         nodes = [n.idx for n in self.cluster.started()]

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tests.jepsen import checks, report
+from tests.jepsen import checks, disks, report
 from tests.jepsen.cluster import Cluster, ClusterError
 from tests.jepsen.conn import Conn, try_request
 from tests.jepsen.hostile import Hostile
@@ -113,7 +113,7 @@ class Run:
             self.notes.append(f"fd limit {limit}: idle connections cut to {limit - 512}")
             cfg.idle = max(0, limit - 512)
         self.net = make_network(cfg.net)
-        names = parse(cfg.nemesis, self.net)
+        names = parse(cfg.nemesis, self.net, "not with --mem" if cfg.mem else disks.why_not())
         membership = "membership" in names
         spares = max(0, 5 - cfg.nodes) if membership else 0
         slots = cfg.nodes + spares
@@ -143,6 +143,8 @@ class Run:
         long_frac = (
             cfg.long_frac if cfg.long_frac is not None else (0.15 if cfg.seconds >= 300 else 0.0)
         )
+        if "disk-full" in names:
+            await asyncio.to_thread(cluster.mount_disks)
         timing = Timing(cfg.quiet, cfg.duration, long_frac=long_frac, combine=cfg.combine)
         rounds = plan(names, cfg.seconds, cfg.seed, timing)
         self.say(
