@@ -37,7 +37,7 @@ from doozer.peer import MAX_ITEM, PeerHub, join_addr
 from doozer.runtime import tune_gc
 from doozer.sequencer import Proposal
 from doozer.stepper import Stepper
-from doozer.storage import DataDir, EncodedSnapshot, StorageError
+from doozer.storage import CorruptionError, DataDir, EncodedSnapshot, StorageError
 from doozer.store import Event, Store, last
 from doozer.version import __version__
 
@@ -1428,6 +1428,15 @@ async def serve(args: argparse.Namespace, host: str, port: int, secret: bytes | 
             saved, records = dd.load()
         except StorageError as e:
             log.error("%s", e)
+            if isinstance(e, CorruptionError):
+                log.error(
+                    "the data dir is damaged and this node will not start from it. If the"
+                    " other members are healthy, move %s aside and start this node with -a"
+                    " and a live member's address: it joins as a new node and copies the"
+                    " tree from them (its old id is removed after --timeout). Alone, restore"
+                    " a backup (doozer snapshot restore).",
+                    args.data_dir,
+                )
             if dd is not None:
                 dd.close()
             return 1

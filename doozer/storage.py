@@ -110,7 +110,7 @@ class CorruptionError(StorageError):
     """Data on disk that fails its checks, at `path`, byte `offset`."""
 
     def __init__(self, path: str, offset: int, what: str) -> None:
-        super().__init__(f"{path}: {what} at byte offset {offset}")
+        super().__init__(f"{path}, byte offset {offset}: {what}")
         self.path = path
         self.offset = offset
 

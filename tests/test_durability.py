@@ -311,6 +311,8 @@ def test_torn_tail_is_cut_and_corruption_refuses_to_start(tmp_path):
     rc = node.proc.wait(20)
     assert rc != 0
     assert seg.name in node.log() and "offset" in node.log()
+    # and what to do about it
+    assert "move " + str(d) + " aside and start this node with -a" in node.log()
 
 
 def test_second_node_on_same_dir_is_refused(tmp_path):
