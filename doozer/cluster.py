@@ -1746,6 +1746,8 @@ async def housekeeping(node: Node, seq: ClusterSequencer, args: argparse.Namespa
                 await write_node_entries(node)
             if args.readonly or claiming or node.node_id in seq._members:
                 continue
+            if seq.disk_error:
+                continue  # a member that cannot vote would only take a healthy node's place
             for slot, who in sorted(node.members_by_slot().items()):
                 if who:
                     continue

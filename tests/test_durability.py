@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def mount_tmpfs(tmp_path: Path, size: str) -> Path:
     if subprocess.run(cmd, capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     return mnt
+
+
+def umount(mnt: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def fill_up(mnt: Path) -> Path:
@@ -521,7 +528,6 @@ def test_two_nodes_with_one_id_are_reported(tmp_path):
 
 def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
     import os
-    import subprocess
 
     mnt = mount_tmpfs(tmp_path, "4m")
     node = None
@@ -561,7 +567,7 @@ def test_full_disk_refuses_writes_keeps_reads_and_recovers(tmp_path):
     finally:
         if node is not None:
             node.stop()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        umount(mnt)
 
 
 def test_a_leader_with_a_full_disk_hands_over_and_writes_go_on(tmp_path):
@@ -570,7 +576,6 @@ def test_a_leader_with_a_full_disk_hands_over_and_writes_go_on(tmp_path):
     full, although two healthy members could decide them. It hands
     leadership on at once, and writes through its own address go on: it
     forwards them, and they are decided on the others' disks."""
-    import subprocess
 
     mnt = mount_tmpfs(tmp_path, "4m")
     nodes = three_one_on(mnt / "d", tmp_path)
@@ -605,7 +610,7 @@ def test_a_leader_with_a_full_disk_hands_over_and_writes_go_on(tmp_path):
     finally:
         for n in nodes:
             n.stop()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        umount(mnt)
 
 
 def test_a_member_whose_disk_stays_full_under_writes_exits_and_resumes_later(tmp_path):
@@ -614,7 +619,6 @@ def test_a_member_whose_disk_stays_full_under_writes_exits_and_resumes_later(tmp
     (~10 MB/s under 64 writers here). Past 16 MiB of unwritten log it exits
     (1), saying why, and the others go on; restarted once there is space, it
     resumes from its disk and catches up."""
-    import subprocess
 
     mnt = mount_tmpfs(tmp_path, "64m")
     nodes = three_one_on(mnt / "d", tmp_path)
@@ -647,7 +651,55 @@ def test_a_member_whose_disk_stays_full_under_writes_exits_and_resumes_later(tmp
     finally:
         for n in nodes:
             n.stop()
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        umount(mnt)
+
+
+def test_a_follower_whose_disk_is_full_claims_no_slot_until_it_works(tmp_path):
+    """A follower that cannot write its data dir could not vote: claiming an
+    empty slot, it would take the place of a healthy node. It waits until
+    its disk works again."""
+    mnt = mount_tmpfs(tmp_path, "4m")
+    first = durable_node(tmp_path / "n0", free_port(), *SMALL_SEGMENTS, "--cals", "2").start()
+    nodes = [first]
+    try:
+        for d in (tmp_path / "n1", mnt / "d"):
+            nodes.append(durable_node(d, free_port(), *SMALL_SEGMENTS, "-a", first.addr).start())
+        sick = nodes[2]
+        wait_for(
+            lambda: (
+                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
+                == ["follower", "leader", "member"]
+            ),
+            30,
+            "two members and a follower",
+        )
+        filler = fill_up(mnt)
+        with Raw(first.addr, timeout=15) as r:
+            for k in range(20_000):  # until the follower's log needs room it lacks
+                assert "rev" in r.call({"verb": "SET", "path": f"/w/{k % 100}", "value": "v" * 200})
+                if k % 50 == 0 and "neither leads nor votes" in sick.log():
+                    break
+        assert "neither leads nor votes" in sick.log()
+        slot = call(first.addr, {"verb": "SET", "path": "/ctl/cal/2", "value": "", "rev": 0})
+        assert "rev" in slot, slot
+        with Raw(first.addr, timeout=15) as r:
+            for k in range(30):  # three seconds of writes: time enough to claim it
+                assert "rev" in r.call({"verb": "SET", "path": "/more", "value": str(k)})
+                time.sleep(0.1)
+        assert call(first.addr, {"verb": "GET", "path": "/ctl/cal/2"})["value"] == ""
+        filler.unlink()
+        wait_for(
+            lambda: (
+                call(first.addr, {"verb": "GET", "path": "/ctl/cal/2"})["value"]
+                == call(sick.addr, {"verb": "SELF"})["value"]
+            ),
+            20,
+            "the follower claims the slot once its disk works",
+        )
+    finally:
+        for n in nodes:
+            n.stop()
+        umount(mnt)
 
 
 def test_a_member_back_from_a_short_stop_catches_up_without_a_snapshot(tmp_path):
