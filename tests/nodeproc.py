@@ -216,16 +216,16 @@ def call(addr: str, req: dict, timeout: float = 5.0) -> dict:
         return r.call(req, timeout)
 
 
+def wait_roles(nodes: list[NodeProc], roles: list[str], what: str) -> None:
+    """Until the nodes' roles (SELF), sorted, are `roles`."""
+    wait_for(
+        lambda: sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes) == roles, 30, what
+    )
+
+
 def wait_three_members(nodes: list[NodeProc]) -> None:
     """Until the three nodes are one leader and two members."""
-    wait_for(
-        lambda: (
-            sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-            == ["leader", "member", "member"]
-        ),
-        30,
-        "three members in force",
-    )
+    wait_roles(nodes, ["leader", "member", "member"], "three members in force")
 
 
 class Cluster:

@@ -12,7 +12,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.nodeproc import NodeProc, Raw, call, free_port, wait_for, wait_three_members
+from tests.nodeproc import (
+    NodeProc,
+    Raw,
+    call,
+    free_port,
+    wait_for,
+    wait_roles,
+    wait_three_members,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -665,14 +673,7 @@ def test_a_follower_whose_disk_is_full_claims_no_slot_until_it_works(tmp_path):
         for d in (tmp_path / "n1", mnt / "d"):
             nodes.append(durable_node(d, free_port(), *SMALL_SEGMENTS, "-a", first.addr).start())
         sick = nodes[2]
-        wait_for(
-            lambda: (
-                sorted(call(n.addr, {"verb": "SELF"})["role"] for n in nodes)
-                == ["follower", "leader", "member"]
-            ),
-            30,
-            "two members and a follower",
-        )
+        wait_roles(nodes, ["follower", "leader", "member"], "two members and a follower")
         filler = fill_up(mnt)
         with Raw(first.addr, timeout=15) as r:
             for k in range(20_000):  # until the follower's log needs room it lacks
