@@ -478,6 +478,15 @@ class Client:
                 conn = await self._live(deadline)
             try:
                 resp = await self._send(conn, msg, deadline)
+            except errors.Unavailable as e:
+                tries -= 1
+                if e.detail != errors.NOT_CARRIED_OUT or tries <= 0 or self._closed:
+                    raise
+                # The node is going away and did not carry this out: send it
+                # to the next node, a write too. Answers still due on this
+                # connection come in before the node closes it.
+                self._lost(conn)
+                continue
             except _Lost:
                 if self._closed:
                     raise errors.Unavailable(None, "client closed") from None

@@ -47,6 +47,11 @@ ALL_CODES = (
 )
 
 
+# What a node shutting down answers to a request it did not carry out (any
+# node may be sent it instead, a write included).
+NOT_CARRIED_OUT = "the node is shutting down; the request was not carried out"
+
+
 class DoozerError(Exception):
     """An error with a protocol error code. Raised by the client library, and by
     store reads (the node turns it into an error response)."""

@@ -159,7 +159,7 @@ class Node:
         """Propose a mutation; done(applied, "") once decided and applied here,
         or done(None, why) when the outcome cannot be known in time."""
         if self.closing:
-            done(None, "the node is shutting down")
+            done(None, errors.NOT_CARRIED_OUT)
             return
         why = self.sequencer.writable()
         if why:
@@ -345,6 +345,11 @@ class Node:
     # -- verbs ------------------------------------------------------------
 
     def dispatch(self, req: Request, call: Call) -> None:
+        if self.closing:
+            # Definite, unlike a connection closed under it: the client may
+            # send it to another node, a write included.
+            call.fail(errors.UNAVAILABLE, errors.NOT_CARRIED_OUT)
+            return
         handler = _HANDLERS[req.verb]  # type: ignore[index]
         try:
             handler(self, req, call)

@@ -476,6 +476,7 @@ async def shutdown(server: Server, node: Node, web, grace: float = 2.0) -> None:
     while node._pending and loop.time() < deadline:
         await asyncio.sleep(0.01)
     node.close()
+    await server.quiesce()
     if web is not None:
         await web.close()
     await server.close()

@@ -41,6 +41,7 @@ OUTPUT_BUDGET = 256 << 20  # unread output of all clients that holds big answers
 INPUT_BUDGET = 256 << 20  # unfinished request lines of all clients, past which ...
 SMALL_LINE = 64 << 10  # ... a partial line may hold only this much (and before ACCESS)
 LINGER = 0.5  # s a shutting-down node waits for clients to close after its FIN
+QUIET = 0.05  # s without a request before a shutting-down node sends its FIN
 FD_MARGIN = 64  # warn when a client's descriptor comes this close to the limit
 # TCP keepalive on client connections: a client whose host vanished, or that
 # closed while a WAIT or WATCH of a quiet path was open, is found gone within
@@ -322,6 +323,7 @@ class Connection(asyncio.Protocol):
             return
         if not line.strip():
             return  # blank lines are harmless (netcat users press enter)
+        self.server.requests += 1
         try:
             req = protocol.parse(line, self.server.max_value)
         except ProtocolError as e:
@@ -496,6 +498,7 @@ class Server:
         self.peer_accept = peer_accept
         self.dispatch = dispatch or node.dispatch
         self.connections: set[Connection] = set()
+        self.requests = 0  # lines taken as requests, ever (see quiesce)
         self._server: asyncio.base_events.Server | None = None
         # Connections answered outside their own data_received (a write
         # decided, a watch fired) are flushed together at the end of the loop
@@ -621,6 +624,20 @@ class Server:
         addr = sock.getsockname()
         self._reader_sweep = loop.call_later(1.0, self._sweep_readers)
         return addr[0], addr[1]
+
+    async def quiesce(self, quiet: float = QUIET, most: float = LINGER) -> None:
+        """Shutdown, once the node refuses everything: keep answering (each
+        request gets a definite UNAVAILABLE) until clients have sent nothing
+        for `quiet` seconds, at most `most`. Closing at once, a client that
+        sent its next request just as our FIN left got no answer, only a
+        closed connection, and could not tell whether its write was made:
+        one such write per active client at every graceful restart."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + most
+        seen = -1
+        while self.connections and loop.time() < end and self.requests != seen:
+            seen = self.requests
+            await asyncio.sleep(quiet)
 
     def stop_accepting(self) -> None:
         if self._server is not None:

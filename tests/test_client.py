@@ -138,6 +138,8 @@ class FakeConn(asyncio.Protocol):
         verb, tag, path = req["verb"].upper(), req.get("tag"), req.get("path", "/")
         if not self.authed and verb not in ("ACCESS", "REV", "SELF"):
             return _err("PERMISSION", "send ACCESS first")
+        if node.refusing is not None:  # shutting down: nothing is carried out
+            return _err("UNAVAILABLE", node.refusing)
         if verb in node.drop_verbs:
             if verb == "SET":  # the write happens; its answer is lost
                 st.mutate(path, req.get("value", "").encode())
@@ -237,6 +239,7 @@ class FakeNode:
         self.server: asyncio.Server | None = None
         self.addr = ""
         self.drop_verbs: set[str] = set()  # abort the connection on receiving these
+        self.refusing: str | None = None  # answer everything UNAVAILABLE with this detail
         self.blackhole: set[str] = set()  # paths never answered
         self.hold: set[str] = set()  # paths whose GET answers wait for release()
         self.held: list[tuple[FakeConn, Any, dict[str, Any]]] = []
@@ -512,6 +515,31 @@ def test_write_with_unknown_outcome_is_not_retried(fake: FakeCluster, run: Any) 
 
     run(go())
     assert len(fake.requests("SET")) == 1
+
+
+def test_write_refused_by_a_node_shutting_down_goes_to_the_next(
+    fake: FakeCluster, run: Any
+) -> None:
+    """A node shutting down answers what it will not carry out with a detail
+    that says so: a write is then as safe to send elsewhere as a read, and
+    the application sees nothing of a rolling restart. Any other
+    UNAVAILABLE (outcome unknown, no quorum) reaches the caller."""
+
+    async def go() -> None:
+        async with await Client.connect(fake.addrs) as c:
+            await c.set("/s", b"0")
+            fake.nodes[0].refusing = errors.NOT_CARRIED_OUT
+            assert await c.set("/s", b"1") > 0
+            assert c.addr == fake.addrs[1]
+            assert (await c.get("/s")).value == b"1"
+            fake.nodes[1].refusing = "no quorum decided the write in time; its outcome is unknown"
+            fake.nodes[0].refusing = None
+            with pytest.raises(errors.Unavailable, match="outcome is unknown"):
+                await c.set("/s", b"2")
+
+    run(go())
+    sets = [node for node, _, r in fake.requests("SET")]
+    assert sets[:3] == [0, 0, 1]
 
 
 def test_write_queued_while_disconnected_is_sent(fake: FakeCluster, run: Any) -> None:
