@@ -1195,6 +1195,31 @@ def test_a_leader_whose_disk_fails_hands_over_and_its_writes_go_on() -> None:
     assert net.items(new)[-1] == "after"
 
 
+def test_a_leader_whose_disk_fails_keeps_leading_when_the_others_could_not_elect() -> None:
+    """With a member down, the one left cannot be elected without our
+    promise, which our failing disk holds back: handing over would leave no
+    leader, where we still serve linearizable reads. We hand over once the
+    member is back."""
+    net = Net(["a", "b", "c"])
+    ld = net.elect()
+    net.propose(ld, "w")
+    net.run(0.3)
+    down = next(h for h in net.hosts.values() if h is not ld)
+    net.crash(down.id)
+    net.run(1.5)  # past an election timeout: it no longer counts as live
+    net.break_disk(ld.id)
+    net.run(3.0)
+    assert net.leader() is ld
+    ld.r.read_index("r1")
+    net.drain(ld)
+    net.run(0.5)
+    assert "r1" in ld.reads
+    net.restart(down.id)
+    net.run(3.0, until=lambda: net.leader() not in (None, ld))
+    assert net.leader() not in (None, ld)
+    assert any("handing leadership" in n for n in ld.r.notes)
+
+
 def test_a_member_whose_disk_fails_does_not_campaign() -> None:
     """A campaign needs our own durable promise: a member with a failing
     disk would only hold the election up. It waits; when the leader dies, the

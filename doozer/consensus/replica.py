@@ -526,8 +526,9 @@ class Replica:
         that cannot persist cannot count its own votes, and its prepares
         wait for an fsync that never succeeds: as leader it would hold the
         cluster's writes while the other members could take them. So it
-        hands leadership to a live member (again each election timeout until
-        one takes it), and it neither campaigns nor takes a handed-over
+        hands leadership to a live member once enough are live to elect one
+        without us (again each election timeout until one takes it), and it
+        neither campaigns nor takes a handed-over
         leadership until its disk works again, unless it is the only member."""
         if ok == self.can_lead:
             return
@@ -541,6 +542,17 @@ class Replica:
             self._back_off()
 
     def _hand_over(self) -> None:
+        # Only to members that can elect one of them without our promise
+        # (held behind our failing fsync). With fewer live, handing over
+        # would leave no leader at all, where we still serve linearizable
+        # reads; we hand over once enough of them are back.
+        ld = self.ld
+        assert ld is not None
+        ms = self._newest() or frozenset()
+        et = self._et()
+        live = sum(1 for x in ms if x != self.id and self.now - ld.ack_time.get(x, _NEVER) < et)
+        if live < majority(ms):
+            return
         to = self.transfer_leadership()
         if to is not None:
             self._say(f"data dir failing: handing leadership to {to}")
