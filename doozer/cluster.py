@@ -1641,6 +1641,7 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
     delay = 0.2
     attempt = 0
     while True:
+        failed: list[str] = []
         for addr in args.attach:
             try:
                 info, snap = await request(
@@ -1656,19 +1657,10 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                         e.detail or e.code,
                     )
                     return None
-                if attempt == 0 or attempt % 10 == 0:
-                    log.warning("cannot join through %s: %s; retrying", addr, e)
+                failed.append(f"{addr}: {e}")
                 continue
             except (OSError, ValueError, TimeoutError) as e:
-                if attempt == 0 or attempt % 10 == 0:
-                    # A joining node listens only once joined: nodes all started
-                    # with -a at each other wait on each other for ever.
-                    log.warning(
-                        "cannot join through %s: %s; retrying (a new cluster's first node "
-                        "is started without -a)",
-                        addr,
-                        e or type(e).__name__,
-                    )
+                failed.append(f"{addr}: {e or type(e).__name__}")
                 continue
             if info["name"] != args.cluster:
                 if not getattr(args, "cluster_explicit", True):
@@ -1693,6 +1685,15 @@ async def join_info(args: argparse.Namespace, secret: bytes | None) -> tuple[dic
                 )
                 return None
             return info, snap["snapshot"]
+        if attempt == 0 or attempt % 10 == 0:
+            # Said once every peer failed, not for each: one down among live
+            # ones is no news. A joining node listens only once joined, so
+            # nodes all started with -a at each other wait on each other.
+            log.warning(
+                "cannot join through %s; retrying (a new cluster's first node is started"
+                " without -a)",
+                "; ".join(failed),
+            )
         attempt += 1
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
