@@ -480,10 +480,13 @@ class Client:
                 resp = await self._send(conn, msg, deadline)
             except errors.Unavailable as e:
                 tries -= 1
-                if e.detail != errors.NOT_CARRIED_OUT or tries <= 0 or self._closed:
+                going = e.detail == errors.NOT_CARRIED_OUT or (
+                    retry and e.detail.startswith(errors.SHUTTING_DOWN)
+                )
+                if not going or tries <= 0 or self._closed:
                     raise
-                # The node is going away and did not carry this out: send it
-                # to the next node, a write too. Answers still due on this
+                # The node is going away and did not carry this out (or it is
+                # a read): send it to the next node. Answers still due on this
                 # connection come in before the node closes it.
                 self._lost(conn)
                 continue

@@ -516,7 +516,7 @@ class ClusterSequencer:
         if self.hub is not None:
             self.hub.close()
         for done, _ in self._reads.values():
-            done("the node is shutting down")
+            done(errors.SHUTTING_DOWN)
         self._reads.clear()
 
     def transfer_leadership(self) -> str | None:

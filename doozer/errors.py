@@ -47,9 +47,11 @@ ALL_CODES = (
 )
 
 
-# What a node shutting down answers to a request it did not carry out (any
-# node may be sent it instead, a write included).
-NOT_CARRIED_OUT = "the node is shutting down; the request was not carried out"
+# How a node shutting down begins the detail of what it fails (a read may be
+# sent to another node), and what it answers to a request it did not carry
+# out (any node may be sent it instead, a write included).
+SHUTTING_DOWN = "the node is shutting down"
+NOT_CARRIED_OUT = SHUTTING_DOWN + "; the request was not carried out"
 
 
 class DoozerError(Exception):

@@ -105,7 +105,7 @@ class Node:
         self.sequencer.start(self)
         self._arm_sweeper()
 
-    def close(self, detail: str = "the node is shutting down") -> None:
+    def close(self, detail: str = errors.SHUTTING_DOWN) -> None:
         """Fail everything still waiting; used at shutdown."""
         self.closing = True
         if self._sweeper:

@@ -532,14 +532,21 @@ def test_write_refused_by_a_node_shutting_down_goes_to_the_next(
             assert await c.set("/s", b"1") > 0
             assert c.addr == fake.addrs[1]
             assert (await c.get("/s")).value == b"1"
-            fake.nodes[1].refusing = "no quorum decided the write in time; its outcome is unknown"
+            # a read in flight as the node closed: any node may answer it
+            fake.nodes[1].refusing = "the node is shutting down"
             fake.nodes[0].refusing = None
+            assert (await c.get("/s")).value == b"1"
+            assert c.addr == fake.addrs[0]
+            # a write proposed before the close: its outcome is unknown
+            fake.nodes[0].refusing = "the node is shutting down; the write's outcome is unknown"
             with pytest.raises(errors.Unavailable, match="outcome is unknown"):
                 await c.set("/s", b"2")
 
     run(go())
     sets = [node for node, _, r in fake.requests("SET")]
     assert sets[:3] == [0, 0, 1]
+    gets = [node for node, _, r in fake.requests("GET")]
+    assert gets[-2:] == [1, 0]
 
 
 def test_write_queued_while_disconnected_is_sent(fake: FakeCluster, run: Any) -> None:
