@@ -375,9 +375,7 @@ def by_members(procs: Procs, workdir: Path, args: argparse.Namespace) -> list[di
         try:
             addrs = cl.leader_first()
             for conns, depth in ((64, 1), (16, 16)):
-                argv = ["set", "-a", ",".join(addrs), "-c", str(conns), "-p", str(depth)]
-                argv += ["--procs", str(args.procs), "-d", str(args.duration), "--warmup", "1"]
-                r = run_bench(argv, cl.pids, args.duration)
+                r = set_load(addrs, conns, depth, cl.pids, args)
                 r["members"] = n
                 out.append(r)
                 lat = r["latency_ms"]
@@ -391,6 +389,15 @@ def by_members(procs: Procs, workdir: Path, args: argparse.Namespace) -> list[di
             for p in cl.nodes:
                 procs.stop(p)
     return out
+
+
+def set_load(
+    addrs: list[str], conns: int, depth: int, pids: list[int], args: argparse.Namespace
+) -> dict:
+    """`doozer bench set` over `addrs`, conns x depth, for --duration."""
+    argv = ["set", "-a", ",".join(addrs), "-c", str(conns), "-p", str(depth)]
+    argv += ["--procs", str(args.procs), "-d", str(args.duration), "--warmup", "1"]
+    return run_bench(argv, pids, args.duration)
 
 
 def hold_waits(addr: str, n: int, tag: str) -> list[socket.socket]:
@@ -427,9 +434,7 @@ def waiters(procs: Procs, workdir: Path, args: argparse.Namespace) -> list[dict]
         for n in (0, args.waiters):
             for i, a in enumerate(addrs if n else ()):
                 held += hold_waits(a, n, f"n{i}")
-            argv = ["set", "-a", ",".join(addrs), "-c", "16", "-p", "1"]
-            argv += ["--procs", str(args.procs), "-d", str(args.duration), "--warmup", "1"]
-            r = run_bench(argv, cl.pids, args.duration)
+            r = set_load(addrs, 16, 1, cl.pids, args)
             r["waiters_per_node"] = n
             out.append(r)
             lat = r["latency_ms"]

@@ -882,7 +882,8 @@ class ClusterSequencer:
         if self._closed:
             return
         if err is None:
-            self._disk_works()
+            if self._unsynced or self.disk_error is not None:
+                self._disk_works()  # else nothing waits on it: no extra pass
         else:
             self._disk_failed(err)
 
